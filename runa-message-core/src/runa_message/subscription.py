@@ -1,0 +1,209 @@
+"""One subscription at run time: decoding, filtering, middleware, concurrency and its buffer.
+
+An instance is the ``handler`` a driver receives (see :mod:`runa_message.driver` for the
+call contract). Everything per message is resolved once, at ``start()``: the topic matcher,
+the middleware chain and a decoder per content type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from . import wire
+from .codec import Codec, Decoder, decoder_for
+from .errors import DecodeError
+from .hooks import Hooks
+from .message import Envelope, ErrorEvent, Message, Outcome
+from .topic import compile_pattern
+
+__all__ = ["Middleware", "SubscriptionRuntime", "build_chain"]
+
+log = logging.getLogger("runa_message.subscription")
+
+Next = Callable[[Envelope], Awaitable[None]]
+#: Subscribe middleware: ``async def mw(envelope, call_next) -> None``.
+Middleware = Callable[[Envelope, Next], Awaitable[None]]
+
+
+def build_chain(middlewares: Sequence[Middleware], final: Next) -> Next:
+    """Wrap ``final`` in ``middlewares``, the first one outermost."""
+    call = final
+    for middleware in reversed(middlewares):
+        call = _link(middleware, call)
+    return call
+
+
+def _link(middleware: Middleware, call_next: Next) -> Next:
+    def step(envelope: Envelope) -> Awaitable[None]:
+        return middleware(envelope, call_next)
+
+    return step
+
+
+class SubscriptionRuntime:
+    """The running side of one ``subscribe(...)``; the registry creates it at ``start()``."""
+
+    def __init__(
+        self,
+        *,
+        broker: str,
+        pattern: str,
+        consumer: str,
+        handler: Callable[..., Any],
+        payload: Any,
+        wants_envelope: bool,
+        codec: Codec | None,
+        codecs: Mapping[str, Codec],
+        default_codec: Codec,
+        middlewares: Sequence[Middleware],
+        hooks: Hooks,
+        concurrency: int,
+        buffer: int,
+        ack: bool,
+    ) -> None:
+        self.broker = broker
+        self.pattern = pattern
+        self.consumer = consumer
+        self._matches = compile_pattern(pattern)
+        self._hooks = hooks
+        self._ack = ack
+        self._concurrency = concurrency
+        if codec is not None:
+            fixed = decoder_for(codec, payload)
+            self._decoders: dict[str | None, Decoder] = {}
+            self._default_decoder = fixed
+        else:
+            self._decoders = {name: decoder_for(c, payload) for name, c in codecs.items()}
+            self._default_decoder = decoder_for(default_codec, payload)
+        self._call = self._make_call(handler, wants_envelope)
+        final = self._final_envelope if wants_envelope else self._final
+        self._chain = build_chain(middlewares, final)
+        self._queue: asyncio.Queue[Envelope] = asyncio.Queue(maxsize=buffer)
+        self._workers: list[asyncio.Task[None]] = []
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def _make_call(
+        self, handler: Callable[..., Any], wants_envelope: bool
+    ) -> Callable[[Any], Awaitable[Any]]:
+        if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None)  # noqa: B004 - an object with an async __call__
+        ):
+            return handler
+
+        async def in_thread(argument: Any) -> Any:
+            # A plain function must not block the event loop.
+            return await asyncio.to_thread(handler, argument)
+
+        return in_thread
+
+    # -- the Handler protocol -------------------------------------------------------------
+
+    async def __call__(
+        self, frame: Envelope | bytes, /, *, retry: bool = False, dead_letter: bool = False
+    ) -> None:
+        """Take one frame from the driver (see :mod:`runa_message.driver`)."""
+        if isinstance(frame, Envelope):
+            envelope = frame
+        else:
+            try:
+                envelope = wire.decode(frame)
+            except DecodeError as exc:
+                data = bytes(frame)
+                await self._report(exc, None, data, "dead-lettered" if dead_letter else "dropped")
+                raise
+        if not self._matches(envelope.topic):
+            return
+        if not self._ack:
+            await self._queue.put(envelope)
+            if not self._workers:
+                self._start_workers()
+            return
+        outcome: Outcome = "retried" if retry else "dead-lettered" if dead_letter else "dropped"
+        async with self._semaphore:
+            self._enter()
+            try:
+                await self._chain(envelope)
+            except Exception as exc:
+                await self._report(exc, envelope, None, outcome)
+                raise
+            finally:
+                self._leave()
+
+    async def report(self, error: BaseException, data: bytes | None = None) -> None:
+        """Report a driver-side problem of this subscription to the error hooks."""
+        await self._report(error, None, data, "dropped")
+
+    # -- running --------------------------------------------------------------------------
+
+    def _start_workers(self) -> None:
+        if not self._ack and not self._workers:
+            self._workers = [
+                asyncio.create_task(
+                    self._work(), name=f"runa_message:{self.broker}:{self.consumer}"
+                )
+                for _ in range(self._concurrency)
+            ]
+
+    start = _start_workers
+
+    async def _work(self) -> None:
+        get = self._queue.get
+        done = self._queue.task_done
+        chain = self._chain
+        while True:
+            envelope = await get()
+            try:
+                await chain(envelope)
+            except Exception as exc:
+                await self._report(exc, envelope, None, "dropped")
+            finally:
+                done()
+
+    async def _final(self, envelope: Envelope) -> None:
+        decode = self._decoders.get(envelope.headers.get("content-type"), self._default_decoder)
+        payload = decode(envelope.payload)
+        await self._call(
+            Message(envelope.id, envelope.topic, payload, envelope.headers, envelope.created_at)
+        )
+
+    async def _final_envelope(self, envelope: Envelope) -> None:
+        await self._call(envelope)
+
+    def _enter(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._idle.set()
+
+    async def join(self) -> None:
+        """Wait until everything handed over so far has been handled."""
+        await self._queue.join()
+        await self._idle.wait()
+
+    async def stop(self) -> None:
+        """Cancel the workers (after :meth:`join`, or when draining timed out)."""
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+
+    async def _report(
+        self,
+        error: BaseException,
+        envelope: Envelope | None,
+        data: bytes | None,
+        outcome: Outcome,
+    ) -> None:
+        topic = envelope.topic if envelope is not None else self.pattern
+        event = ErrorEvent(self.broker, topic, self.consumer, envelope, data, error, outcome)
+        await self._hooks.error(event)
