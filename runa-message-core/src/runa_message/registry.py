@@ -360,11 +360,27 @@ class Registry:
             raise
         self._state = "running"
 
-    async def _start(self) -> None:
+    def validate(self) -> list[BrokerInfo]:
+        """Check everything ``start()`` checks and create the drivers, connecting nothing.
+
+        Returns what :meth:`info` will report once started. Used by ``runa-message check``.
+        """
+        runtimes = self._prepare()
+        counts = {name: sum(1 for s in self._specs if s.broker == name) for name in runtimes}
+        return [
+            BrokerInfo(r.name, r.driver_name, r.codec.name, counts[r.name], dict(r.meta))
+            for r in runtimes.values()
+        ]
+
+    def _prepare(self) -> dict[str, _BrokerRuntime]:
         configured = self._configured_brokers()
         self._validate_subscriptions()
         runtimes = self._resolve(configured)
         self._check_capabilities(runtimes)
+        return runtimes
+
+    async def _start(self) -> None:
+        runtimes = self._prepare()
         seen: set[int] = set()
         for runtime in runtimes.values():
             if id(runtime.driver) not in seen:
