@@ -148,7 +148,9 @@ async def test_info_and_subscriptions_are_sorted_and_complete() -> None:
     registry.subscribe("audit", "x", h, consumer="c3", codec="json")
     infos = registry.info()
     assert [i.name for i in infos] == ["audit", "default"]
-    assert infos[0] == message.BrokerInfo("audit", "memory", "application/octet-stream", 1, {"role": "audit"})
+    assert infos[0] == message.BrokerInfo(
+        "audit", "memory", "application/octet-stream", 1, {"role": "audit"}
+    )
     assert infos[1].subscribers == 2
     subs = registry.subscriptions()
     assert [(s.broker, s.topic, s.consumer) for s in subs] == [
@@ -286,7 +288,7 @@ async def test_slow_subscriber_and_100k_publishes_keep_memory_bounded() -> None:
             await asyncio.sleep(0.0005)  # a slow consumer
 
     async with registry:
-        (sub, _), = registry._subscriptions
+        ((sub, _),) = registry._subscriptions
         tracemalloc.start()
         try:
             base = tracemalloc.get_traced_memory()[0]
@@ -432,7 +434,15 @@ async def test_middleware_order_registry_then_broker_then_handler() -> None:
         await registry.publish("default", "t", 1)
         await inbox.wait_for(1)
         await registry.join(TIMEOUT)
-    assert calls == ["global>", "broker1>", "broker2>", "handler", "<broker2", "<broker1", "<global"]
+    assert calls == [
+        "global>",
+        "broker1>",
+        "broker2>",
+        "handler",
+        "<broker2",
+        "<broker1",
+        "<global",
+    ]
 
 
 async def test_subscribe_middleware_can_change_or_drop_the_envelope() -> None:
@@ -545,7 +555,9 @@ async def test_start_reports_unknown_driver_naming_broker_and_install_hint() -> 
     assert "did you mean 'nats'" in text
 
 
-async def test_unknown_well_known_driver_says_which_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_unknown_well_known_driver_says_which_distribution(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from runa_message import plugins
 
     monkeypatch.setattr(plugins, "load_plugin", lambda name: None)

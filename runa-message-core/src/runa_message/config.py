@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -214,6 +215,15 @@ def structure_settings(cls: type[S], settings: Mapping[str, Any], path: str) -> 
                 f"{path}.{key}: unknown setting{_did_you_mean(key, fields)}; "
                 f"valid settings: {', '.join(fields)}"
             )
+    types = attrs.resolve_types(cls)  # type: ignore[type-var]
+    for field in attrs.fields(types):  # type: ignore[arg-type]
+        value = settings.get(field.name)
+        if (
+            typing.get_origin(field.type) is list
+            and value is not None
+            and not isinstance(value, list)
+        ):
+            raise ConfigError(f"{path}.{field.name}: expected an array, got {_kind(value)}")
     try:
         return _settings_converter.structure(dict(settings), cls)
     except cattrs.ClassValidationError as exc:
@@ -226,7 +236,8 @@ def _describe_settings_error(
     exc: cattrs.ClassValidationError, settings: Mapping[str, Any], path: str
 ) -> str:
     problems = []
-    for error, note in exc.group_exceptions():
+    with_notes, without_notes = exc.group_exceptions()
+    for error, note in with_notes:
         name = getattr(note, "name", "?")
         expected = getattr(note, "type", None)
         got = settings.get(name)
@@ -236,6 +247,7 @@ def _describe_settings_error(
         if reason and "invalid literal" not in reason:
             problem = f"{path}.{name}: {reason}"
         problems.append(problem)
+    problems.extend(f"{path}: {error}" for error in without_notes)
     return "; ".join(problems) or f"{path}: {exc}"
 
 

@@ -1,0 +1,1 @@
+"""A third-party driver for the tests: the memory driver, remembering its settings."""
