@@ -97,11 +97,24 @@ class JSONCodec:
 
     name: str = "application/json"
     converter: cattrs.Converter = attrs.field(default=converter, repr=False)
+    # type -> its unstructure hook, or None where orjson serializes the value itself.
+    _encoders: dict[type, Callable[[Any], Any] | None] = attrs.field(
+        factory=dict, init=False, repr=False, eq=False
+    )
 
     def encode(self, value: Any) -> bytes:
         """Return ``value`` as JSON; attrs, dataclasses and pydantic models are unstructured."""
+        kind = type(value)
         try:
-            return orjson.dumps(value, default=self._unstructure)
+            hook = self._encoders[kind]
+        except KeyError:
+            hook = self._encoders[kind] = (
+                self.converter.get_unstructure_hook(kind)
+                if attrs.has(kind) or _is_pydantic_model(kind)
+                else None
+            )
+        try:
+            return orjson.dumps(value if hook is None else hook(value), default=self._unstructure)
         except TypeError as exc:
             raise EncodeError(
                 f"cannot encode a {type(value).__name__} as JSON ({exc}): publish an attrs "
@@ -133,7 +146,10 @@ class JSONCodec:
                     raise DecodeError(f"payload is not JSON: {exc}") from None
 
             return plain
-        hook = self.converter.get_structure_hook(type_)
+        # Structure without collecting every field error (much faster); when that fails, run
+        # the detailed converter once more for an error that names each bad field.
+        hook = self.converter.copy(detailed_validation=False).get_structure_hook(type_)
+        detailed = self.converter.get_structure_hook(type_)
 
         def typed(data: bytes) -> Any:
             try:
@@ -142,8 +158,12 @@ class JSONCodec:
                 raise DecodeError(f"payload is not JSON: {exc}") from None
             try:
                 return hook(value, type_)
-            except Exception as exc:
-                raise DecodeError(_describe(exc, type_)) from exc
+            except Exception as error:
+                try:
+                    detailed(value, type_)
+                except Exception as exc:
+                    raise DecodeError(_describe(exc, type_)) from exc
+                raise DecodeError(_describe(error, type_)) from error
 
         return typed
 

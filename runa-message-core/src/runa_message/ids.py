@@ -31,7 +31,7 @@ os.register_at_fork(after_in_child=_reseed)
 
 def new_id() -> str:
     """Return a new message id, unique across processes."""
-    return f"{_prefix}{next(_counter) & 0xFFFFFFFFFFFF:012x}"
+    return "%s%012x" % (_prefix, next(_counter) & 0xFFFFFFFFFFFF)
 
 
 def now() -> datetime:

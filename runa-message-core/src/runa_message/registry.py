@@ -616,7 +616,13 @@ class Registry:
         data = use.encode(payload)
         head = {**headers, "content-type": use.name} if headers else {"content-type": use.name}
         envelope = Envelope(new_id(), topic, data, head, now())
-        await runtime.send(topic, envelope)
+        try:
+            await runtime.send(topic, envelope)
+        except Exception as exc:
+            error = _publish_error(broker, topic, exc)
+            if error is exc:
+                raise
+            raise error from exc
         return envelope.id
 
     async def publish_raw(
@@ -652,23 +658,25 @@ def _publish_chain(
     async def send(topic: str, envelope: Envelope) -> None:
         try:
             await driver_publish(topic, envelope)
-        except MessageError as exc:
-            if hooks.on_publish:
-                await hooks.published(PublishEvent(name, topic, envelope, exc))
-            raise
         except Exception as exc:
-            error = PublishError(f"publish to broker {name!r}, topic {topic!r} failed: {exc}")
-            error.__cause__ = exc
-            if hooks.on_publish:
-                await hooks.published(PublishEvent(name, topic, envelope, error))
+            error = _publish_error(name, topic, exc)
+            await hooks.published(PublishEvent(name, topic, envelope, error))
             raise error from exc
-        if hooks.on_publish:
-            await hooks.published(PublishEvent(name, topic, envelope))
+        await hooks.published(PublishEvent(name, topic, envelope))
 
-    call: PublishNext = send
+    # Without publish hooks the driver is called directly; Registry.publish wraps errors.
+    call: PublishNext = send if hooks.on_publish else driver_publish
     for middleware in reversed(middlewares):
         call = _publish_link(middleware, call)
     return call
+
+
+def _publish_error(broker: str, topic: str, exc: Exception) -> MessageError:
+    if isinstance(exc, MessageError):
+        return exc
+    error = PublishError(f"publish to broker {broker!r}, topic {topic!r} failed: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def _publish_link(middleware: PublishMiddleware, call_next: PublishNext) -> PublishNext:

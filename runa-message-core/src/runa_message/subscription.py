@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from . import wire
+from .buffer import Buffer
 from .codec import Codec, Decoder, decoder_for
 from .errors import DecodeError
 from .hooks import Hooks
@@ -69,6 +70,7 @@ class SubscriptionRuntime:
         self.pattern = pattern
         self.consumer = consumer
         self._matches = compile_pattern(pattern)
+        self._selected: dict[str, bool] = {}
         self._hooks = hooks
         self._ack = ack
         self._concurrency = concurrency
@@ -82,7 +84,7 @@ class SubscriptionRuntime:
         self._call = self._make_call(handler, wants_envelope)
         final = self._final_envelope if wants_envelope else self._final
         self._chain = build_chain(middlewares, final)
-        self._queue: asyncio.Queue[Envelope] = asyncio.Queue(maxsize=buffer)
+        self._queue: Buffer[Envelope] = Buffer(buffer)
         self._workers: list[asyncio.Task[None]] = []
         self._semaphore = asyncio.Semaphore(concurrency)
         self._in_flight = 0
@@ -118,12 +120,18 @@ class SubscriptionRuntime:
                 data = bytes(frame)
                 await self._report(exc, None, data, "dead-lettered" if dead_letter else "dropped")
                 raise
-        if not self._matches(envelope.topic):
+        topic = envelope.topic
+        selected = self._selected.get(topic)
+        if selected is None:
+            selected = self._matches(topic)
+            if len(self._selected) >= 4096:
+                self._selected.clear()
+            self._selected[topic] = selected
+        if not selected:
             return
         if not self._ack:
-            await self._queue.put(envelope)
-            if not self._workers:
-                self._start_workers()
+            if not self._queue.offer(envelope):
+                await self._queue.put(envelope)
             return
         outcome: Outcome = "retried" if retry else "dead-lettered" if dead_letter else "dropped"
         async with self._semaphore:
@@ -142,7 +150,8 @@ class SubscriptionRuntime:
 
     # -- running --------------------------------------------------------------------------
 
-    def _start_workers(self) -> None:
+    def start(self) -> None:
+        """Start the workers (drivers without ack); called before the driver subscribes."""
         if not self._ack and not self._workers:
             self._workers = [
                 asyncio.create_task(
@@ -151,20 +160,20 @@ class SubscriptionRuntime:
                 for _ in range(self._concurrency)
             ]
 
-    start = _start_workers
-
     async def _work(self) -> None:
-        get = self._queue.get
-        done = self._queue.task_done
+        queue = self._queue
         chain = self._chain
         while True:
-            envelope = await get()
+            # Take what is there without a wait; only an empty buffer suspends the worker.
+            envelope = queue.poll()
+            if envelope is None:
+                envelope = await queue.get()
             try:
                 await chain(envelope)
             except Exception as exc:
                 await self._report(exc, envelope, None, "dropped")
             finally:
-                done()
+                queue.task_done()
 
     async def _final(self, envelope: Envelope) -> None:
         decode = self._decoders.get(envelope.headers.get("content-type"), self._default_decoder)
