@@ -1,29 +1,57 @@
 """Testing tools: the driver conformance suite, a fault-injecting TCP proxy, in-memory runs.
 
-- :class:`DriverConformance`: the pytest test class every driver's tests subclass.
-- :class:`TcpProxy`: a loopback proxy that cuts and restores connections.
+- :class:`DriverConformance`: the pytest test class every driver's tests subclass
+  (see :mod:`runa_message.testing.conformance`).
+- :class:`TcpProxy`: a loopback proxy that cuts, refuses and restores connections.
 - :func:`in_memory`: run an application's registry on the memory driver in unit tests,
-  recording what was published (the ``message_memory`` pytest fixture wraps it).
+  recording what it published (:class:`InMemory`, :class:`Recorder`); the pytest fixtures
+  ``message_registry`` and ``message_memory`` wrap it.
 
-``DriverConformance`` imports pytest; it is loaded on first use, so the rest of this package
-works without pytest installed.
+The pytest plugin imports this package in every test run, so names are loaded on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from .proxy import TcpProxy
-
 if TYPE_CHECKING:
-    from .conformance import DriverConformance
+    from .conformance import Conformance, DriverConformance
+    from .inbox import ErrorInbox, Inbox
+    from .proxy import TcpProxy
+    from .recorder import InMemory, Recorder, in_memory
 
-__all__ = ["DriverConformance", "TcpProxy"]
+__all__ = [
+    "Conformance",
+    "DriverConformance",
+    "ErrorInbox",
+    "InMemory",
+    "Inbox",
+    "Recorder",
+    "TcpProxy",
+    "in_memory",
+]
+
+_WHERE = {
+    "Conformance": "conformance",
+    "DriverConformance": "conformance",
+    "ErrorInbox": "inbox",
+    "Inbox": "inbox",
+    "TcpProxy": "proxy",
+    "InMemory": "recorder",
+    "Recorder": "recorder",
+    "in_memory": "recorder",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "DriverConformance":
-        from .conformance import DriverConformance
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
-        return DriverConformance
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
