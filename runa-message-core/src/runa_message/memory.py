@@ -81,7 +81,9 @@ class MemoryDriver:
             raise ClosedError("memory driver is closed")
         for target in self._index.match(topic):
             members = target.members
-            await (members[0] if len(members) == 1 else target.pick())(envelope)
+            handler = members[0] if len(members) == 1 else target.pick()
+            if not handler.offer(envelope):
+                await handler(envelope)
 
     async def publish_frame(self, topic: str, data: bytes) -> None:
         """Hand raw frame bytes to the subscriptions of ``topic``, as a network driver would."""

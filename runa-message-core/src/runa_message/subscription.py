@@ -84,6 +84,8 @@ class SubscriptionRuntime:
         self._call = self._make_call(handler, wants_envelope)
         final = self._final_envelope if wants_envelope else self._final
         self._chain = build_chain(middlewares, final)
+        # With no middleware the worker decodes and calls the handler itself: one coroutine less.
+        self._direct = not middlewares and not wants_envelope
         self._queue: Buffer[Envelope] = Buffer(buffer)
         self._workers: list[asyncio.Task[None]] = []
         self._semaphore = asyncio.Semaphore(concurrency)
@@ -144,6 +146,16 @@ class SubscriptionRuntime:
             finally:
                 self._leave()
 
+    def offer(self, envelope: Envelope) -> bool:
+        """Queue an envelope without waiting (in-process drivers); False: await the call instead."""
+        if self._ack:
+            return False
+        topic = envelope.topic
+        selected = self._selected.get(topic)
+        if selected is None:
+            return False
+        return not selected or self._queue.offer(envelope)
+
     async def report(self, error: BaseException, data: bytes | None = None) -> None:
         """Report a driver-side problem of this subscription to the error hooks."""
         await self._report(error, None, data, "dropped")
@@ -163,24 +175,31 @@ class SubscriptionRuntime:
     async def _work(self) -> None:
         queue = self._queue
         chain = self._chain
+        direct = self._direct
+        call = self._call
+        message = self._message
         while True:
             # Take what is there without a wait; only an empty buffer suspends the worker.
             envelope = queue.poll()
             if envelope is None:
                 envelope = await queue.get()
             try:
-                await chain(envelope)
+                if direct:
+                    await call(message(envelope))
+                else:
+                    await chain(envelope)
             except Exception as exc:
                 await self._report(exc, envelope, None, "dropped")
             finally:
                 queue.task_done()
 
-    async def _final(self, envelope: Envelope) -> None:
+    def _message(self, envelope: Envelope) -> Message[Any]:
         decode = self._decoders.get(envelope.headers.get("content-type"), self._default_decoder)
         payload = decode(envelope.payload)
-        await self._call(
-            Message(envelope.id, envelope.topic, payload, envelope.headers, envelope.created_at)
-        )
+        return Message(envelope.id, envelope.topic, payload, envelope.headers, envelope.created_at)
+
+    async def _final(self, envelope: Envelope) -> None:
+        await self._call(self._message(envelope))
 
     async def _final_envelope(self, envelope: Envelope) -> None:
         await self._call(envelope)
