@@ -64,14 +64,6 @@ class Handler(Protocol):
         """Report a driver-side problem of this subscription (slow consumer, lost frames)."""
         ...
 
-    def offer(self, envelope: Envelope) -> bool:
-        """In-process drivers: hand over ``envelope`` without awaiting, if that is possible.
-
-        Returns False when the driver must ``await handler(envelope)`` instead (the
-        subscription's buffer is full, or it has not seen this topic yet).
-        """
-        ...
-
 
 @runtime_checkable
 class Subscription(Protocol):

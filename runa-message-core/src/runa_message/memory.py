@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -31,6 +31,20 @@ class MemorySettings:
     """The memory driver has no settings; an unknown key in ``[message.memory]`` is an error."""
 
 
+class _Member:
+    """One subscription's handler, and its optional way to take an envelope without awaiting."""
+
+    __slots__ = ("handler", "offer")
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.offer: Callable[[Envelope], bool] = getattr(handler, "offer", _never)
+
+
+def _never(envelope: Envelope) -> bool:
+    return False
+
+
 class _Target:
     """A broadcast subscription, or all members of one group on one pattern."""
 
@@ -38,17 +52,18 @@ class _Target:
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
-        self.members: list[Handler] = []
+        self.members: list[_Member] = []
         self._turn = itertools.count()
 
-    def pick(self) -> Handler:
-        return self.members[next(self._turn) % len(self.members)]
+    def pick(self) -> _Member:
+        members = self.members
+        return members[0] if len(members) == 1 else members[next(self._turn) % len(members)]
 
 
 class _MemorySubscription:
     __slots__ = ("_driver", "_handler", "_key", "_target")
 
-    def __init__(self, driver: MemoryDriver, target: _Target, handler: Handler, key: Any) -> None:
+    def __init__(self, driver: MemoryDriver, target: _Target, handler: _Member, key: Any) -> None:
         self._driver = driver
         self._target = target
         self._handler = handler
@@ -80,10 +95,9 @@ class MemoryDriver:
         if self._closed:
             raise ClosedError("memory driver is closed")
         for target in self._index.match(topic):
-            members = target.members
-            handler = members[0] if len(members) == 1 else target.pick()
-            if not handler.offer(envelope):
-                await handler(envelope)
+            member = target.pick()
+            if not member.offer(envelope):
+                await member.handler(envelope)
 
     async def publish_frame(self, topic: str, data: bytes) -> None:
         """Hand raw frame bytes to the subscriptions of ``topic``, as a network driver would."""
@@ -91,7 +105,7 @@ class MemoryDriver:
             raise ClosedError("memory driver is closed")
         for target in self._index.match(topic):
             with contextlib.suppress(DecodeError):  # the registry reported it to on_error
-                await target.pick()(data)
+                await target.pick().handler(data)
 
     async def subscribe(
         self, pattern: str, consumer: str, group: str | None, handler: Handler
@@ -106,10 +120,11 @@ class MemoryDriver:
                 self._groups[key] = target
         else:
             target = found
-        target.members.append(handler)
-        return _MemorySubscription(self, target, handler, key)
+        member = _Member(handler)
+        target.members.append(member)
+        return _MemorySubscription(self, target, member, key)
 
-    def _remove(self, target: _Target, handler: Handler, key: Any) -> None:
+    def _remove(self, target: _Target, handler: _Member, key: Any) -> None:
         if handler in target.members:
             target.members.remove(handler)
         if not target.members:

@@ -147,7 +147,11 @@ class SubscriptionRuntime:
                 self._leave()
 
     def offer(self, envelope: Envelope) -> bool:
-        """Queue an envelope without waiting (in-process drivers); False: await the call instead."""
+        """Queue an envelope without a coroutine, for in-process drivers.
+
+        False means "await the call instead": the buffer is full, the topic is new to this
+        subscription, or the driver acknowledges. Optional: drivers look for it with getattr.
+        """
         if self._ack:
             return False
         topic = envelope.topic
