@@ -574,6 +574,7 @@ class Registry:
             return
         self._closing = asyncio.get_running_loop().create_future()
         self._state = "closing"
+        self._runtime = {}  # publish raises ClosedError from here on
         try:
             for _sub, handle in self._subscriptions:
                 await _quietly(handle.close())

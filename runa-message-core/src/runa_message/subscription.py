@@ -136,15 +136,17 @@ class SubscriptionRuntime:
                 await self._queue.put(envelope)
             return
         outcome: Outcome = "retried" if retry else "dead-lettered" if dead_letter else "dropped"
-        async with self._semaphore:
-            self._enter()
-            try:
-                await self._chain(envelope)
-            except Exception as exc:
-                await self._report(exc, envelope, None, outcome)
-                raise
-            finally:
-                self._leave()
+        # Counted from arrival, not from the slot: join() and close() wait for queued ones too.
+        self._enter()
+        try:
+            async with self._semaphore:
+                try:
+                    await self._chain(envelope)
+                except Exception as exc:
+                    await self._report(exc, envelope, None, outcome)
+                    raise
+        finally:
+            self._leave()
 
     def offer(self, envelope: Envelope) -> bool:
         """Queue an envelope without a coroutine, for in-process drivers.
