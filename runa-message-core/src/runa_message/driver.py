@@ -11,7 +11,9 @@ The call contract of ``handler``:
   as received; the registry decodes bytes with :mod:`runa_message.wire`.
 - A frame that is not an envelope is reported to ``on_error`` as
   :class:`~runa_message.DecodeError` and the error is raised back to the driver, so a driver
-  with acknowledgements can dead-letter it at once.
+  with acknowledgements can dead-letter it at once. The same holds for a payload that does
+  not fit the handler's type: a :class:`~runa_message.DecodeError` is permanent, so ack
+  drivers dead-letter (or drop) it at once and never retry it.
 - A driver whose ``capabilities.ack`` is false gets control back as soon as the message is
   queued for its subscription; the call waits while that bounded queue is full, which is the
   driver's backpressure. Handler failures are reported by the registry, never raised back.
@@ -29,7 +31,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from .message import Envelope
+from .message import Envelope, Outcome
 
 __all__ = ["Capabilities", "Driver", "Handler", "Subscription"]
 
@@ -60,8 +62,14 @@ class Handler(Protocol):
         """Hand over one frame. ``retry``/``dead_letter``: what the driver does on failure."""
         ...
 
-    async def report(self, error: BaseException, data: bytes | None = None) -> None:
-        """Report a driver-side problem of this subscription (slow consumer, lost frames)."""
+    async def report(
+        self, error: BaseException, data: bytes | None = None, *, outcome: Outcome = "dropped"
+    ) -> None:
+        """Report a driver-side problem of this subscription (slow consumer, lost frames).
+
+        ``outcome`` says what became of the message ``data`` belongs to, if any: for
+        example ``"dead-lettered"`` for one the broker redelivered too often.
+        """
         ...
 
 

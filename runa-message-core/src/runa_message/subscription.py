@@ -135,13 +135,17 @@ class SubscriptionRuntime:
             if not self._queue.offer(envelope):
                 await self._queue.put(envelope)
             return
-        outcome: Outcome = "retried" if retry else "dead-lettered" if dead_letter else "dropped"
+        final: Outcome = "dead-lettered" if dead_letter else "dropped"
+        outcome: Outcome = "retried" if retry else final
         # Counted from arrival, not from the slot: join() and close() wait for queued ones too.
         self._enter()
         try:
             async with self._semaphore:
                 try:
                     await self._chain(envelope)
+                except DecodeError as exc:  # a payload that does not fit never will: no retry
+                    await self._report(exc, envelope, None, final)
+                    raise
                 except Exception as exc:
                     await self._report(exc, envelope, None, outcome)
                     raise
@@ -162,9 +166,11 @@ class SubscriptionRuntime:
             return False
         return not selected or self._queue.offer(envelope)
 
-    async def report(self, error: BaseException, data: bytes | None = None) -> None:
+    async def report(
+        self, error: BaseException, data: bytes | None = None, *, outcome: Outcome = "dropped"
+    ) -> None:
         """Report a driver-side problem of this subscription to the error hooks."""
-        await self._report(error, None, data, "dropped")
+        await self._report(error, None, data, outcome)
 
     # -- running --------------------------------------------------------------------------
 

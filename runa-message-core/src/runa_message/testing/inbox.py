@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from runa_message import wire
-from runa_message.message import Envelope, ErrorEvent, Message
+from runa_message.message import Envelope, ErrorEvent, Message, Outcome
 
 __all__ = ["ErrorInbox", "FrameInbox", "Inbox", "Waitable"]
 
@@ -132,7 +132,9 @@ class FrameInbox(Waitable[Envelope]):
         """Take one frame from a driver."""
         self.add(frame if isinstance(frame, Envelope) else wire.decode(frame))
 
-    async def report(self, error: BaseException, data: bytes | None = None) -> None:
+    async def report(
+        self, error: BaseException, data: bytes | None = None, *, outcome: Outcome = "dropped"
+    ) -> None:
         """Record a driver-side problem."""
         self.reports.append(error)
 
