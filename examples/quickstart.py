@@ -1,8 +1,8 @@
 """Quick start: a typed handler on the in-memory broker.
 
-Run it with ``python examples/quickstart.py``; it prints ``hello from runa-message``.
-Put ``[message.brokers.default] driver = "redis"`` (or nats, amqp, mqtt) in a config file
-and pass it to ``Registry(config=...)`` to run the same code on a real broker.
+Run it with ``python examples/quickstart.py``; it prints ``notice.created hello``. The same
+program runs on a real broker when the environment (or a config file) names its driver:
+``RUNA_MESSAGE__BROKERS__DEFAULT__DRIVER=nats python examples/quickstart.py``.
 """
 
 from __future__ import annotations
@@ -20,16 +20,19 @@ class Notice:
 
 
 registry = message.Registry()
+received = asyncio.Event()
 
 
 @registry.subscribe("default", "notice.*")
 async def on_notice(msg: message.Message[Notice]) -> None:
-    print(msg.payload.text)
+    print(msg.topic, msg.payload.text)
+    received.set()
 
 
 async def main() -> None:
     async with registry:  # start: subscriptions are live; exit: drain handlers and close
-        await registry.publish("default", "notice.created", Notice(text="hello from runa-message"))
+        await registry.publish("default", "notice.created", Notice(text="hello"))
+        await asyncio.wait_for(received.wait(), timeout=5)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -25,9 +26,14 @@ class Notice:
     text: str
 
 
-def _run_example(name: str) -> str:
+def _run_example(name: str, driver: str = "memory") -> str:
+    env = {**os.environ, "RUNA_MESSAGE__BROKERS__DEFAULT__DRIVER": driver}
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=60
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -37,8 +43,9 @@ def test_the_seed_example_prints_hello() -> None:
     assert _run_example("app_hello.py") == "hello\n"
 
 
-def test_the_quickstart_example() -> None:
-    assert _run_example("quickstart.py") == "hello from runa-message\n"
+@pytest.mark.parametrize("driver", ["memory", "redis", "nats", "amqp", "mqtt"])
+def test_the_quickstart_example_on_every_driver(driver: str) -> None:
+    assert _run_example("quickstart.py", driver) == "notice.created hello\n"
 
 
 async def test_app_freeze_modules_default_and_shutdown() -> None:

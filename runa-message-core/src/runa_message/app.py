@@ -154,18 +154,18 @@ class App:
                 result = module(*self._arguments(module))
                 if inspect.isawaitable(result):
                     await result
-        started: list[Hook] = []
+        previous = _running
         try:
             for hook in self._on_start:
                 await hook()
-                started.append(hook)
+            _running = self  # modules' start() may already use message.default()
             for module in self._modules:
                 if isinstance(module, Module):
                     await module.start()
         except BaseException:
+            _running = previous
             await self._stop()
             raise
-        _running = self
 
     def _arguments(self, function: Callable[..., Any]) -> list[Any]:
         hints = typing.get_type_hints(function)

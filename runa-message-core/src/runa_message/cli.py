@@ -53,7 +53,14 @@ class CommandError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `publish BROKER TOPIC --raw PAYLOAD`: argparse gives the payload up once an option
+        # stands between the positionals; take it back.
+        if args.command == "publish" and args.payload == "-" and len(extra) == 1:
+            args.payload = extra[0]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

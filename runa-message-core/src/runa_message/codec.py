@@ -7,7 +7,9 @@ primitives and containers with cattrs, and into pydantic models when pydantic is
 
 from __future__ import annotations
 
+import decimal
 import sys
+import uuid
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -56,6 +58,9 @@ def _is_pydantic_model(type_: Any) -> bool:
 
 def _make_converter() -> cattrs.Converter:
     conv = make_converter(forbid_extra_keys=False)
+    conv.register_structure_hook(uuid.UUID, lambda value, _: uuid.UUID(value))
+    conv.register_structure_hook(decimal.Decimal, lambda value, _: decimal.Decimal(value))
+    conv.register_unstructure_hook(decimal.Decimal, str)
     conv.register_structure_hook_func(
         _is_pydantic_model, lambda value, type_: type_.model_validate(value)
     )

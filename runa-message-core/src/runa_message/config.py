@@ -213,7 +213,7 @@ def structure_settings(cls: type[S], settings: Mapping[str, Any], path: str) -> 
         if key not in fields:
             raise ConfigError(
                 f"{path}.{key}: unknown setting{_did_you_mean(key, fields)}; "
-                f"valid settings: {', '.join(fields)}"
+                + (f"valid settings: {', '.join(fields)}" if fields else "this driver takes none")
             )
     types = attrs.resolve_types(cls)  # type: ignore[type-var]
     for field in attrs.fields(types):  # type: ignore[arg-type]
@@ -247,7 +247,11 @@ def _describe_settings_error(
         if reason and "invalid literal" not in reason:
             problem = f"{path}.{name}: {reason}"
         problems.append(problem)
-    problems.extend(f"{path}: {error}" for error in without_notes)
+    names = {field.name for field in attrs.fields(exc.cl)}
+    for error in without_notes:
+        # A validator's message may start with its setting's name: put it on the key path.
+        name, sep, rest = str(error).partition(": ")
+        problems.append(f"{path}.{name}: {rest}" if sep and name in names else f"{path}: {error}")
     return "; ".join(problems) or f"{path}: {exc}"
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar, overload
 import attrs
 
 from . import plugins
-from .codec import Codec, JSONCodec, RawCodec, type_name
+from .codec import Codec, JSONCodec, RawCodec, decoder_for, type_name
 from .config import Config, load_config
 from .driver import Driver, Subscription
 from .errors import (
@@ -110,8 +110,10 @@ class Registry:
     def __init__(
         self, config: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None
     ) -> None:
-        if config is None or isinstance(config, Config):
+        if isinstance(config, Config):
             self._config = config
+        elif config is None:
+            self._config = load_config()  # the environment's RUNA_MESSAGE__* overrides
         elif isinstance(config, Mapping):
             self._config = Config.from_mapping(config)
         else:
@@ -445,8 +447,6 @@ class Registry:
         _raise_first(problems)
 
     def _configured_brokers(self) -> Mapping[str, Any]:
-        if self._config is None:
-            return {}
         return self._config.brokers()
 
     def _effective(
@@ -463,7 +463,7 @@ class Registry:
 
     @property
     def _config_source(self) -> str:
-        return self._config.source if self._config is not None else "<config>"
+        return self._config.source
 
     def _resolve(self, configured: Mapping[str, Any]) -> dict[str, _BrokerRuntime]:
         for name in sorted(set(configured) - set(self._brokers)):
@@ -472,7 +472,6 @@ class Registry:
                 "which no code registers; it is not used (register it with "
                 f"registry.broker({name!r}) or remove the table)"
             )
-            log.warning(message)
             warnings.warn(message, stacklevel=3)
         created: dict[str, Driver] = {}
         runtimes = {}
@@ -505,12 +504,14 @@ class Registry:
         return runtimes
 
     def _create_driver(self, driver_name: str, broker: str) -> Driver:
-        settings: dict[str, Any] = {}
-        if self._config is not None:
-            settings, _path = self._config.driver_settings(driver_name)
+        settings, _path = self._config.driver_settings(driver_name)
         settings.update(self._driver_settings.get(driver_name, {}))
         try:
             return plugins.create_driver(driver_name, settings, broker=broker)
+        except ConfigError as exc:
+            if str(exc).startswith(self._config.source):
+                raise
+            raise ConfigError(f"{self._config.source}: {exc}") from None
         except DriverNotFoundError as exc:
             if "not installed" in str(exc):
                 raise DriverNotFoundError(
@@ -524,6 +525,18 @@ class Registry:
         problems: list[MessageError] = []
         for spec in self._specs:
             runtime = runtimes[spec.broker]
+            codec = spec.codec or runtime.codec
+            try:
+                decoder_for(codec, spec.payload)
+            except Exception as exc:
+                problems.append(
+                    MessageError(
+                        f"subscription {spec.consumer!r} on broker {spec.broker!r}: "
+                        f"{codec.name} cannot decode into {type_name(spec.payload)} "
+                        f"({type(exc).__name__}: {exc}); register a structure hook on "
+                        "runa_message.codec.converter before start(), or use another payload type"
+                    )
+                )
             caps = runtime.driver.capabilities
             if spec.group is not None and not caps.groups:
                 problems.append(
@@ -800,8 +813,8 @@ def _unknown_broker(name: str, brokers: Iterable[str]) -> str:
     text = f"broker {name!r} is not registered; registered brokers: {', '.join(known)}"
     close = difflib.get_close_matches(name, known, n=1)
     if close:
-        text += f"; did you mean {close[0]!r}?"
-    return text + f". Register it with registry.broker({name!r}, driver=...)"
+        text += f"; did you mean {close[0]!r}"
+    return text + f"? Register it with registry.broker({name!r}, driver=...)"
 
 
 def _raise_first(problems: Sequence[MessageError]) -> None:
