@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).parent
+DOCS = HERE.parents[1] / "docs"
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +55,30 @@ def thirdparty_env(thirdparty_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(thirdparty_path), env.get("PYTHONPATH")]))
     return env
+
+
+@pytest.fixture
+def page_files() -> Callable[[str], dict[str, str]]:
+    """``page_files("testing.md")``: the docs page's fenced blocks titled as files, by title.
+
+    Pages show a whole example as several files (```python title="app.py"); tests write them
+    out and run them. A block titled ``Output`` is not a file.
+    """
+
+    def files(page: str) -> dict[str, str]:
+        found: dict[str, str] = {}
+        lines = (DOCS / page).read_text(encoding="utf-8").splitlines()
+        i = 0
+        while i < len(lines):
+            match = re.match(r'^```\w+.*title="(?P<title>[^"]+)"', lines[i])
+            i += 1
+            if match is None or match["title"] == "Output":
+                continue
+            body = []
+            while lines[i].strip() != "```":
+                body.append(lines[i])
+                i += 1
+            found[match["title"]] = "\n".join(body) + "\n"
+        return found
+
+    return files

@@ -20,10 +20,8 @@ import base64
 import contextlib
 import itertools
 import json
-import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
@@ -1117,30 +1115,12 @@ def test_a_missing_send_frame_fixture_is_explained(pytester: pytest.Pytester) ->
 # ---------------------------------------------------------------------------------------------
 # The driver of "Writing a driver" passes the suite, run from the page itself.
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 
-
-def titled_blocks(page: Path) -> dict[str, str]:
-    """The page's fenced blocks with a ``title="file"``: the files the page's examples use."""
-    files: dict[str, str] = {}
-    lines = page.read_text(encoding="utf-8").splitlines()
-    i = 0
-    while i < len(lines):
-        match = re.match(r'^```\w+.*title="(?P<title>[^"]+)"', lines[i])
-        i += 1
-        if match is None or match["title"] == "Output":
-            continue
-        body = []
-        while lines[i].strip() != "```":
-            body.append(lines[i])
-            i += 1
-        files[match["title"]] = "\n".join(body) + "\n"
-    return files
-
-
-def test_writing_a_driver_page_passes_the_suite(pytester: pytest.Pytester) -> None:
+def test_writing_a_driver_page_passes_the_suite(
+    pytester: pytest.Pytester, page_files: Callable[[str], dict[str, str]]
+) -> None:
     """The page's driver and test module, as files; pytest-asyncio in strict mode (no ini)."""
-    files = titled_blocks(DOCS / "writing-a-driver.md")
+    files = page_files("writing-a-driver.md")
     assert {"runa_message_bus.py", "test_bus_conformance.py"} <= set(files)
     for name, text in files.items():
         (pytester.path / name).write_text(text, encoding="utf-8")

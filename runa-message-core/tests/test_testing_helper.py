@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import re
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -249,30 +248,12 @@ def test_the_default_registry_fixture(pytester: pytest.Pytester) -> None:
 
 # The "Testing your handlers" page runs as a test module: its blocks, in order.
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 
-
-def titled_blocks(page: Path) -> dict[str, str]:
-    """The page's fenced blocks with a ``title="file"``: the files the page's examples use."""
-    files: dict[str, str] = {}
-    lines = page.read_text(encoding="utf-8").splitlines()
-    i = 0
-    while i < len(lines):
-        match = re.match(r'^```\w+.*title="(?P<title>[^"]+)"', lines[i])
-        i += 1
-        if match is None or match["title"] == "Output":
-            continue
-        body = []
-        while lines[i].strip() != "```":
-            body.append(lines[i])
-            i += 1
-        files[match["title"]] = "\n".join(body) + "\n"
-    return files
-
-
-def test_testing_page_runs(pytester: pytest.Pytester) -> None:
+def test_testing_page_runs(
+    pytester: pytest.Pytester, page_files: Callable[[str], dict[str, str]]
+) -> None:
     """The page's application, configuration and test modules, as files, pass."""
-    files = titled_blocks(DOCS / "testing.md")
+    files = page_files("testing.md")
     assert {"app.py", "pyproject.toml", "conftest.py", "test_signup.py"} <= set(files)
     for name, text in files.items():
         (pytester.path / name).write_text(text, encoding="utf-8")
