@@ -10,6 +10,7 @@ __all__ = [
     "BrokerNotFoundError",
     "ClosedError",
     "ConfigError",
+    "ConnectError",
     "DecodeError",
     "DriverNotFoundError",
     "EncodeError",
@@ -50,6 +51,10 @@ class DecodeError(MessageError, ValueError):
 
 class UnsupportedFeatureError(MessageError):
     """A subscription asks for something its driver cannot do (for example a group on Redis)."""
+
+
+class ConnectError(MessageError, ConnectionError):
+    """``start()`` could not reach the broker, or it refused the login; nothing was started."""
 
 
 class PublishError(MessageError):
