@@ -106,6 +106,10 @@ class JSONCodec:
     _encoders: dict[type, Callable[[Any], Any] | None] = attrs.field(
         factory=dict, init=False, repr=False, eq=False
     )
+    # Decoders by payload type, and the fast converter they use, both made on first need:
+    # ten thousand subscriptions of one type share one decoder.
+    _decoders: dict[Any, Decoder] = attrs.field(factory=dict, init=False, repr=False, eq=False)
+    _fast: list[cattrs.Converter] = attrs.field(factory=list, init=False, repr=False, eq=False)
 
     def encode(self, value: Any) -> bytes:
         """Return ``value`` as JSON; attrs, dataclasses and pydantic models are unstructured."""
@@ -138,7 +142,19 @@ class JSONCodec:
         return self.decoder(type_)(data)
 
     def decoder(self, type_: Any) -> Decoder:
-        """Return a function that decodes bytes into ``type_``, resolved once per type."""
+        """Return a function that decodes bytes into ``type_``, resolved once per type.
+
+        Hooks must be registered on the converter before the first decoder of a type is made.
+        """
+        try:
+            return self._decoders[type_]
+        except KeyError:
+            made = self._decoders[type_] = self._make_decoder(type_)
+            return made
+        except TypeError:  # an unhashable type annotation
+            return self._make_decoder(type_)
+
+    def _make_decoder(self, type_: Any) -> Decoder:
         if type_ is bytes:
             return bytes
         loads = orjson.loads
@@ -153,7 +169,9 @@ class JSONCodec:
             return plain
         # Structure without collecting every field error (much faster); when that fails, run
         # the detailed converter once more for an error that names each bad field.
-        hook = self.converter.copy(detailed_validation=False).get_structure_hook(type_)
+        if not self._fast:
+            self._fast.append(self.converter.copy(detailed_validation=False))
+        hook = self._fast[0].get_structure_hook(type_)
         detailed = self.converter.get_structure_hook(type_)
 
         def typed(data: bytes) -> Any:

@@ -394,7 +394,6 @@ class Registry:
         for spec in self._specs:
             runtime = runtimes[spec.broker]
             sub = self._runtime_of(spec, runtime)
-            sub.start()
             pending.append(self._subscribe(runtime.driver, spec, sub))
         await asyncio.gather(*pending)
 

@@ -23,6 +23,10 @@ from .topic import compile_pattern
 
 __all__ = ["Middleware", "SubscriptionRuntime", "build_chain"]
 
+# The last frame decoded and its envelope: a driver that hands one frame to several
+# subscriptions (a Redis pattern and a channel, say) has it decoded once.
+_last_frame: list[Any] = [None, None]
+
 log = logging.getLogger("runa_message.subscription")
 
 Next = Callable[[Envelope], Awaitable[None]]
@@ -88,10 +92,10 @@ class SubscriptionRuntime:
         self._direct = not middlewares and not wants_envelope
         self._queue: Buffer[Envelope] = Buffer(buffer)
         self._workers: list[asyncio.Task[None]] = []
-        self._semaphore = asyncio.Semaphore(concurrency)
+        # Ack drivers only: at most `concurrency` handlers at once, and a count for join().
+        self._semaphore = asyncio.Semaphore(concurrency) if ack else None
         self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle: asyncio.Event | None = None
 
     def _make_call(
         self, handler: Callable[..., Any], wants_envelope: bool
@@ -115,9 +119,13 @@ class SubscriptionRuntime:
         """Take one frame from the driver (see :mod:`runa_message.driver`)."""
         if isinstance(frame, Envelope):
             envelope = frame
+        elif frame is _last_frame[0]:  # the same frame handed to several subscriptions
+            envelope = _last_frame[1]
         else:
             try:
                 envelope = wire.decode(frame)
+                if type(frame) is bytes:
+                    _last_frame[:] = (frame, envelope)
             except DecodeError as exc:
                 data = bytes(frame)
                 await self._report(exc, None, data, "dead-lettered" if dead_letter else "dropped")
@@ -132,6 +140,8 @@ class SubscriptionRuntime:
         if not selected:
             return
         if not self._ack:
+            if not self._workers:
+                self._spawn()
             if not self._queue.offer(envelope):
                 await self._queue.put(envelope)
             return
@@ -140,7 +150,7 @@ class SubscriptionRuntime:
         # Counted from arrival, not from the slot: join() and close() wait for queued ones too.
         self._enter()
         try:
-            async with self._semaphore:
+            async with self._semaphore:  # type: ignore[union-attr]
                 try:
                     await self._chain(envelope)
                 except DecodeError as exc:  # a payload that does not fit never will: no retry
@@ -174,15 +184,12 @@ class SubscriptionRuntime:
 
     # -- running --------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the workers (drivers without ack); called before the driver subscribes."""
-        if not self._ack and not self._workers:
-            self._workers = [
-                asyncio.create_task(
-                    self._work(), name=f"runa_message:{self.broker}:{self.consumer}"
-                )
-                for _ in range(self._concurrency)
-            ]
+    def _spawn(self) -> None:
+        # Workers start with the first message: a quiet subscription costs no task.
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"runa_message:{self.broker}:{self.consumer}")
+            for _ in range(self._concurrency)
+        ]
 
     async def _work(self) -> None:
         queue = self._queue
@@ -218,17 +225,19 @@ class SubscriptionRuntime:
 
     def _enter(self) -> None:
         self._in_flight += 1
-        self._idle.clear()
 
     def _leave(self) -> None:
         self._in_flight -= 1
-        if not self._in_flight:
+        if not self._in_flight and self._idle is not None:
             self._idle.set()
 
     async def join(self) -> None:
         """Wait until everything handed over so far has been handled."""
         await self._queue.join()
-        await self._idle.wait()
+        while self._in_flight:
+            if self._idle is None or self._idle.is_set():
+                self._idle = asyncio.Event()
+            await self._idle.wait()
 
     async def stop(self) -> None:
         """Cancel the workers (after :meth:`join`, or when draining timed out)."""

@@ -133,10 +133,9 @@ def compile_pattern(pattern: str) -> Callable[[str], bool]:
     validate_pattern(pattern)
     parts = segments(pattern)
     if not any(seg in ONE or seg in MANY for seg in parts):
-        literal = re.compile(_SEP.join(re.escape(seg) for seg in parts))
 
         def exact(topic: str) -> bool:
-            return topic == pattern or literal.fullmatch(topic) is not None
+            return topic == pattern or (len(topic) == len(pattern) and segments(topic) == parts)
 
         return exact
     tail = ""
