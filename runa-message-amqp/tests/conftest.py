@@ -18,7 +18,8 @@ import pytest
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from runa_message import wire
-from runa_message.message import Envelope
+from runa_message.errors import DecodeError
+from runa_message.message import Envelope, Outcome
 from runa_message_amqp import AmqpDriver, AmqpSettings
 
 HOST, PORT = "127.0.0.1", 5672
@@ -30,13 +31,17 @@ class Recorder:
     """A :class:`runa_message.Handler` that decodes frames as the registry does and records them.
 
     ``fail``: how many calls raise before calls succeed (``-1``: every call raises).
+    ``misfit``: every call raises :class:`DecodeError`, as the registry does for a payload
+    that does not fit the handler's type.
     """
 
-    def __init__(self, fail: int = 0) -> None:
+    def __init__(self, fail: int = 0, *, misfit: bool = False) -> None:
         self.fail = fail
+        self.misfit = misfit
         self.calls: list[tuple[bytes, bool, bool]] = []
         self.envelopes: list[Envelope] = []
         self.reports: list[BaseException] = []
+        self.outcomes: list[Outcome] = []
         self._changed = asyncio.Event()
 
     async def __call__(
@@ -48,12 +53,18 @@ class Recorder:
         envelope = wire.decode(frame)  # raises DecodeError back, as the registry does
         self.envelopes.append(envelope)
         self._changed.set()
+        if self.misfit:
+            raise DecodeError("payload does not fit the handler's type")
         if self.fail:
             self.fail -= 1 if self.fail > 0 else 0
             raise RuntimeError("handler failed")
 
-    async def report(self, error: BaseException, data: bytes | None = None) -> None:
+    async def report(
+        self, error: BaseException, data: bytes | None = None, *, outcome: Outcome = "dropped"
+    ) -> None:
         self.reports.append(error)
+        self.outcomes.append(outcome)
+        self._changed.set()
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float = WAIT) -> None:
         """Wait until ``condition()`` holds after some call."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from aio_pika.abc import AbstractConnection
 
 from runa_message import wire
-from runa_message.errors import ClosedError, MessageError, PublishError
+from runa_message.errors import ClosedError, ConnectError, PublishError
 from runa_message.ids import new_id
 from runa_message.message import Envelope
 from runa_message.testing import TcpProxy
@@ -260,6 +261,36 @@ async def test_malformed_frame_is_dead_lettered_at_once(
     assert rec.calls[0][2] is True  # dead_letter=True told the registry
 
 
+async def test_a_payload_that_does_not_fit_is_dead_lettered_at_once(
+    topology: Any, recorder: Any, dead_letters: Any
+) -> None:
+    amqp = await started(topology, max_retries=3)
+    dead = await dead_letters(amqp.settings.dead_letter_queue)
+    misfit = recorder(misfit=True)
+    await amqp.subscribe("pay.*", "payer", "payers", misfit)
+    sent = envelope("pay.now")
+    await amqp.publish(sent.topic, sent)
+    message = await dead.get()
+    assert wire.decode(message.body).id == sent.id
+    assert RETRY_HEADER not in (message.headers or {})  # never retried
+    assert [(retry, dead_letter) for _, retry, dead_letter in misfit.calls] == [(True, True)]
+
+
+async def test_without_dead_letters_a_payload_that_does_not_fit_is_dropped_at_once(
+    topology: Any, recorder: Any
+) -> None:
+    amqp = await started(topology, max_retries=3, dead_letter=False)
+    misfit = recorder(misfit=True)
+    await amqp.subscribe("drop.*", "dropper", "droppers", misfit)
+    await amqp.publish("drop.it", envelope("drop.it"))
+    await misfit.wait_for(lambda: len(misfit.calls) == 1)
+    marker = envelope("drop.marker")
+    misfit.misfit = False
+    await amqp.publish(marker.topic, marker)
+    await misfit.wait_id(marker.id)
+    assert len(misfit.calls) == 2  # the dropped one did not come back
+
+
 async def test_without_dead_letters_exhausted_messages_are_dropped(
     topology: Any, recorder: Any, admin: AbstractConnection
 ) -> None:
@@ -337,12 +368,24 @@ async def test_failed_login_never_shows_the_password(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     amqp = topology.driver(url="amqp://guest:s3cret-pw@127.0.0.1:5672/", connect_timeout=5)
-    with pytest.raises(MessageError) as raised:
+    with pytest.raises(ConnectError) as raised:
         await amqp.start()
     assert "s3cret-pw" not in str(raised.value)
     assert "guest:***@" in str(raised.value)
     assert "s3cret-pw" not in caplog.text
     assert "s3cret-pw" not in repr(amqp)
+
+
+async def test_start_against_a_closed_port_raises_connect_error(topology: Any) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    amqp = topology.driver(url=f"amqp://guest:s3cret-pw@127.0.0.1:{port}/", connect_timeout=2)
+    with pytest.raises(ConnectError) as raised:
+        await asyncio.wait_for(amqp.start(), 10)
+    assert isinstance(raised.value, ConnectionError)
+    assert f"127.0.0.1:{port}" in str(raised.value)
+    assert "s3cret-pw" not in str(raised.value)
 
 
 # -- outages ------------------------------------------------------------------------------
@@ -444,7 +487,9 @@ class Stuck:
         self.entered.set()
         await self.release.wait()
 
-    async def report(self, error: BaseException, data: bytes | None = None) -> None:
+    async def report(
+        self, error: BaseException, data: bytes | None = None, *, outcome: str = "dropped"
+    ) -> None:
         pass
 
 
@@ -487,6 +532,7 @@ async def test_a_message_redelivered_too_often_is_dead_lettered(
     assert wire.decode(message.body).id == sent.id
     assert rec.calls == []
     assert "delivered once without an acknowledgement" in str(rec.reports[0])
+    assert rec.outcomes == ["dead-lettered"]
 
 
 class CountRecords(logging.Handler):

@@ -30,6 +30,7 @@ from runa_message import wire
 from runa_message.driver import Capabilities, Driver, Subscription
 from runa_message.errors import (
     ClosedError,
+    ConnectError,
     MessageError,
     PublishError,
     UnsupportedFeatureError,
@@ -425,8 +426,9 @@ async def test_injected_311_client_refuses_what_needs_another_connection(
 async def test_connecting_to_nothing_fails_fast_without_secrets() -> None:
     port = free_port()
     instance = driver(url=f"mqtt://user:s3cr3t@127.0.0.1:{port}", password="p4ss", timeout=2.0)
-    with pytest.raises(ConnectionError) as info:
+    with pytest.raises(ConnectError) as info:
         await asyncio.wait_for(instance.start(), TIMEOUT)
+    assert isinstance(info.value, ConnectionError)
     assert "s3cr3t" not in str(info.value)
     assert "p4ss" not in str(info.value)
     assert f"127.0.0.1:{port}" in str(info.value)
@@ -442,7 +444,7 @@ async def test_a_non_mqtt_listener_times_out(closing: list[object]) -> None:
     port = server.sockets[0].getsockname()[1]
     try:
         instance = driver(url=f"mqtt://{HOST}:{port}", timeout=0.5)
-        with pytest.raises(ConnectionError, match="did not answer CONNECT"):
+        with pytest.raises(ConnectError, match="did not answer CONNECT"):
             await asyncio.wait_for(instance.start(), TIMEOUT)
     finally:
         server.close()

@@ -40,20 +40,34 @@ def test_the_entry_point_is_installed_and_resolves_by_name() -> None:
 def test_bad_settings_are_config_errors_with_the_key_path() -> None:
     with pytest.raises(ConfigError, match=r"message\.mqtt\.qoss"):
         plugins.create_driver("mqtt", {"qoss": 1})
-    with pytest.raises(ConfigError, match=r"driver\(\)\.qoss"):
+    with pytest.raises(ConfigError, match=r"^mqtt\.qoss"):
         driver(qoss=1)
 
 
 def test_the_plugin_module_imports_no_client_library() -> None:
+    """paho-mqtt is imported only when a driver is created, not to list or describe drivers."""
     code = (
         "import sys, runa_message_mqtt.plugin as p; p.runa_message_driver_description('mqtt');"
-        "print(any(m == 'paho' or m.startswith('paho.') for m in sys.modules),"
-        " 'runa_message_mqtt.driver' in sys.modules)"
+        "from runa_message import plugins; plugins.installed_drivers();"
+        "plugins.describe_driver('mqtt');"
+        "print(any(m == 'paho' or m.startswith('paho.') for m in sys.modules));"
+        "import runa_message_mqtt as r; r.driver();"
+        "print(any(m == 'paho' or m.startswith('paho.') for m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.split() == ["False", "True"]
+
+
+def test_driver_is_the_function_once_the_module_is_imported() -> None:
+    import runa_message_mqtt
+    from runa_message_mqtt.driver import MqttDriver as from_module
+
+    assert from_module is MqttDriver
+    assert runa_message_mqtt.MqttDriver is MqttDriver
+    assert not isinstance(runa_message_mqtt.driver, type(sys))  # the function, not the module
+    assert isinstance(runa_message_mqtt.driver(qos=0), MqttDriver)
 
 
 @dataclass

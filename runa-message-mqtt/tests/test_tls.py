@@ -17,7 +17,7 @@ import pytest
 from mqtt_testkit import HOST, TIMEOUT, FrameHandler, Mosquitto, envelope, unique
 
 from runa_message import wire
-from runa_message.errors import ConfigError
+from runa_message.errors import ConfigError, ConnectError
 from runa_message_mqtt import driver
 
 pytestmark = pytest.mark.broker
@@ -104,7 +104,7 @@ async def test_an_untrusted_certificate_is_refused_clearly(
 ) -> None:
     server, _ca_file = tls_mosquitto
     instance = driver(url=f"mqtts://{HOST}:{server.port}", timeout=5.0)
-    with pytest.raises(ConnectionError, match=r"certificate not trusted.*ca_file"):
+    with pytest.raises(ConnectError, match=r"certificate not trusted.*ca_file"):
         await asyncio.wait_for(instance.start(), TIMEOUT)
     await instance.close()
 
@@ -121,7 +121,7 @@ async def test_a_certificate_for_another_name_needs_tls_insecure(
     try:
         url = f"mqtts://{HOST}:{server.port}"
         strict = driver(url=url, ca_file=str(files["ca.crt"]))
-        with pytest.raises(ConnectionError, match="certificate"):
+        with pytest.raises(ConnectError, match="certificate"):
             await asyncio.wait_for(strict.start(), TIMEOUT)
         relaxed = driver(url=url, ca_file=str(files["ca.crt"]), tls_insecure=True)
         closing.append(relaxed)
@@ -168,7 +168,7 @@ async def test_credentials_from_the_url_or_the_settings(
         await instance.start()
         await instance.close()
     wrong = driver(url=f"mqtt://alice:n0tit@{HOST}:{port}", version=version)
-    with pytest.raises(ConnectionError, match="refused") as info:
+    with pytest.raises(ConnectError, match="refused") as info:
         await asyncio.wait_for(wrong.start(), TIMEOUT)
     assert "n0tit" not in str(info.value)
     await wrong.close()

@@ -83,7 +83,7 @@ async def test_info_and_errors_do_not_show_the_password() -> None:
     )
     infos = registry.validate()
     assert secret not in repr(infos)
-    with pytest.raises(message.MessageError) as info:
+    with pytest.raises(message.ConnectError) as info:
         await registry.start()
     assert secret not in str(info.value)
     await registry.close()

@@ -19,7 +19,7 @@ import attrs
 import pytest
 
 from runa_message import wire
-from runa_message.errors import MessageError
+from runa_message.errors import ConnectError
 from runa_message.message import Envelope
 from runa_message_redis import driver
 
@@ -157,7 +157,7 @@ async def test_untrusted_certificate_is_refused_without_leaking_the_password(
 ) -> None:
     server, _certs = tls_server
     d = driver(url=f"rediss://:{PASSWORD}@127.0.0.1:{server.port}/0", publish_timeout=0.5)
-    with pytest.raises(MessageError, match="cannot connect") as info:
+    with pytest.raises(ConnectError, match="cannot connect") as info:
         await d.start()
     assert PASSWORD not in str(info.value)
     await d.close()
@@ -168,7 +168,17 @@ async def test_plain_redis_url_does_not_speak_to_a_tls_port(
 ) -> None:
     server, _certs = tls_server
     d = driver(url=f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0", publish_timeout=0.5)
-    with pytest.raises(MessageError) as info:
+    with pytest.raises(ConnectError) as info:
         await d.start()
     assert PASSWORD not in str(info.value)
+    await d.close()
+
+
+async def test_a_refused_login_fails_start_at_once(tls_server: tuple[Any, Certs]) -> None:
+    server, _certs = tls_server
+    d = driver(url=f"rediss://:n0tit@127.0.0.1:{server.port}/0", tls_verify=False)
+    with pytest.raises(ConnectError) as info:
+        # Well before publish_timeout (5 s): a refusal is not retried.
+        await asyncio.wait_for(d.start(), 3)
+    assert "n0tit" not in str(info.value)
     await d.close()

@@ -10,8 +10,10 @@ Topology (see ``docs/drivers/amqp.md``):
   hash being taken from the binding key, so members with another pattern never share it.
 - A handler that raises gets its message published again to its queue with the
   ``x-runa-retries`` header counting up, ``max_retries`` times; then the message is rejected
-  to the dead-letter exchange the driver declares. A frame that is not an envelope is
-  rejected at once. A delivery the broker makes again (never acknowledged) counts too.
+  to the dead-letter exchange the driver declares. A :class:`~runa_message.DecodeError`
+  raised back (a frame that is not an envelope, a payload that does not fit the handler's
+  type) is permanent: that message is rejected at once, never retried. A delivery the
+  broker makes again (never acknowledged) counts as an attempt too.
 
 aio-pika's robust connection and channels reconnect and declare the exchanges, queues and
 bindings again. Consumers are registered on the channel directly (one task per delivery, the
@@ -24,42 +26,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import re
 import secrets
-import sys
-import types
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit
-
-import aio_pika
-import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractExchange,
-    AbstractQueue,
-    ExchangeType,
-)
-from aiormq.abc import DeliveredMessage
-from pamqp.commands import Basic
 
 from runa_message import wire
 from runa_message.driver import Capabilities, Handler
 from runa_message.errors import (
     ClosedError,
+    ConnectError,
     DecodeError,
     MessageError,
     PublishError,
     UnsupportedFeatureError,
 )
-from runa_message.message import Envelope
 from runa_message.redact import redact_url
 from runa_message.topic import MANY, ONE, translate
 
 from .settings import CAPABILITIES, MAX_NAME_BYTES, AmqpSettings
+
+if TYPE_CHECKING:
+    import aiormq.abc
+    from aio_pika.abc import (
+        AbstractChannel,
+        AbstractConnection,
+        AbstractExchange,
+        AbstractQueue,
+    )
+    from aiormq.abc import DeliveredMessage
+    from pamqp.commands import Basic
+
+    from runa_message.message import Envelope
 
 __all__ = ["RETRY_HEADER", "AmqpDriver", "AmqpSubscription"]
 
@@ -70,11 +72,38 @@ RETRY_HEADER = "x-runa-retries"
 
 _CONTENT_TYPE = "application/json"
 _WILDCARD_CHAR = re.compile(r"[*+#]")
-# The registry raises wire's DecodeError back for a frame that is not an envelope; a
-# DecodeError of the payload (it does not fit the handler's type) is a handler failure.
-_FRAME_ERROR = "frame is not a runa envelope"
-# Errors of a lost or closing connection or channel: wait for the connection, then retry.
-_CONNECTION_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError)
+# What start() meets when the broker cannot be reached or refuses the login (aiormq's
+# connection errors, its authentication errors included, are ConnectionErrors).
+_UNREACHABLE = (OSError, asyncio.TimeoutError)
+
+
+class _AioPika:
+    """The parts of aio-pika, aiormq and pamqp the driver uses, imported with the first driver.
+
+    Listing drivers imports this package; aio-pika takes long to import, so it waits.
+    """
+
+    def __init__(self) -> None:
+        import aio_pika
+        import aiormq
+        from pamqp.commands import Basic
+
+        self.connect_robust = aio_pika.connect_robust
+        self.TOPIC = aio_pika.ExchangeType.TOPIC
+        self.Properties = Basic.Properties
+        self.Ack = Basic.Ack
+        #: Errors of a lost or closing connection or channel: wait for it, then retry.
+        self.connection_errors: tuple[type[BaseException], ...] = (
+            aiormq.exceptions.AMQPError,
+            ConnectionError,
+            OSError,
+            RuntimeError,
+        )
+
+
+@functools.cache
+def _aio_pika() -> _AioPika:
+    return _AioPika()
 
 
 class AmqpDriver:
@@ -107,6 +136,7 @@ class AmqpDriver:
             persistent=CAPABILITIES.persistent,
             max_topic_length=MAX_NAME_BYTES - len(self.settings.prefix.encode()),
         )
+        self._a = _aio_pika()
         self._connection: AbstractConnection | None = client
         self._owns_connection = client is None
         self._publish_channel: AbstractChannel | None = None
@@ -180,7 +210,11 @@ class AmqpDriver:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect (unless a connection was given) and declare the exchanges."""
+        """Connect (unless a connection was given) and declare the exchanges.
+
+        Raises :class:`~runa_message.ConnectError` when the broker cannot be reached within
+        ``connect_timeout`` or refuses the login.
+        """
         if self._closed:
             raise ClosedError("this AMQP driver is closed: create a new one")
         if self._started:
@@ -199,6 +233,12 @@ class AmqpDriver:
                 self.declared_queues.add(settings.dead_letter_queue)
         except Exception as exc:
             await self._abort_start()
+            if isinstance(exc, _UNREACHABLE):
+                raise ConnectError(
+                    f"cannot reach the AMQP broker {self._where()} within connect_timeout "
+                    f"({settings.connect_timeout:g} s): {self._describe(exc)}; check that the "
+                    "broker runs"
+                ) from None
             raise MessageError(
                 f"AMQP driver could not declare exchange {self._exchange_name!r} on "
                 f"{self._where()}: {self._describe(exc)}; a name declared before with other "
@@ -228,7 +268,7 @@ class AmqpDriver:
     async def _connect(self) -> AbstractConnection:
         settings = self.settings
         try:
-            return await aio_pika.connect_robust(
+            return await self._a.connect_robust(
                 settings.url,
                 timeout=settings.connect_timeout,
                 reconnect_interval=settings.reconnect_interval,
@@ -237,18 +277,16 @@ class AmqpDriver:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            raise MessageError(
+            raise ConnectError(
                 f"cannot connect to AMQP broker {self._where()}: {self._describe(exc)}; check "
                 "that the broker runs and the url, user and password are right"
             ) from None
 
     async def _declare_exchanges(self, channel: AbstractChannel) -> AbstractExchange:
-        exchange = await channel.declare_exchange(
-            self._exchange_name, ExchangeType.TOPIC, durable=True
-        )
+        exchange = await channel.declare_exchange(self._exchange_name, self._a.TOPIC, durable=True)
         if self.settings.dead_letter:
             await channel.declare_exchange(
-                self.settings.dead_letter_exchange, ExchangeType.TOPIC, durable=True
+                self.settings.dead_letter_exchange, self._a.TOPIC, durable=True
             )
         return exchange
 
@@ -294,7 +332,7 @@ class AmqpDriver:
             raise PublishError("the AMQP driver is not started: call registry.start() first")
         body = wire.encode(envelope)
         routing_key = self._prefix + topic.replace("/", ".").replace(":", ".")
-        properties = Basic.Properties(
+        properties = self._a.Properties(
             content_type=_CONTENT_TYPE,
             delivery_mode=self._delivery_mode,
             message_id=envelope.id,
@@ -312,14 +350,14 @@ class AmqpDriver:
                     properties=properties,
                     timeout=self._timeout,
                 )
-            except _CONNECTION_ERRORS as exc:
+            except self._a.connection_errors as exc:
                 if self._closed:
                     raise ClosedError("the AMQP driver was closed during the publish") from None
                 log.debug("publish on %s failed (%s); waiting for the connection", topic, exc)
             except asyncio.TimeoutError:
                 raise self._timeout_error(topic, envelope, None) from None
             else:
-                if result is None or isinstance(result, Basic.Ack):
+                if result is None or isinstance(result, self._a.Ack):
                     return
                 raise PublishError(
                     f"the broker refused message {envelope.id} on {topic!r} "
@@ -359,13 +397,13 @@ class AmqpDriver:
                 )
             except asyncio.TimeoutError:
                 continue
-            except _CONNECTION_ERRORS as exc:
+            except self._a.connection_errors as exc:
                 last = exc
                 # The broken connection may not be noticed yet: back off a little.
                 await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
                 pause = min(pause * 2, 0.5)
                 continue
-            if result is None or isinstance(result, Basic.Ack):
+            if result is None or isinstance(result, self._a.Ack):
                 return
             raise PublishError(
                 f"the broker refused message {envelope.id} on {topic!r} "
@@ -398,7 +436,7 @@ class AmqpDriver:
         original = message.header.properties
         headers = dict(original.headers or {})
         headers[RETRY_HEADER] = attempt
-        properties = Basic.Properties(
+        properties = self._a.Properties(
             content_type=original.content_type,
             delivery_mode=original.delivery_mode or self._delivery_mode,
             message_id=original.message_id,
@@ -413,7 +451,7 @@ class AmqpDriver:
             properties=properties,
             timeout=self._timeout,
         )
-        if result is not None and not isinstance(result, Basic.Ack):
+        if result is not None and not isinstance(result, self._a.Ack):
             raise PublishError(f"the broker refused the retry ({type(result).__name__})")
 
     # -- subscribing ----------------------------------------------------------------------
@@ -527,6 +565,7 @@ class AmqpSubscription:
         self._channel = channel
         self._queue = queue
         self._handler = handler
+        self._errors = driver._a.connection_errors
         self._max_retries = driver.settings.max_retries
         self._dead_letter = driver.settings.dead_letter
         self._closing = False
@@ -639,7 +678,7 @@ class AmqpSubscription:
         tag = cast(int, message.delivery_tag)
         if self._closing:
             # Received after close() began and never handed over: give it back.
-            with contextlib.suppress(*_CONNECTION_ERRORS):
+            with contextlib.suppress(*self._errors):
                 await channel.basic_nack(tag, requeue=True)
             return
         headers = message.header.properties.headers
@@ -658,17 +697,16 @@ class AmqpSubscription:
                 return
             try:
                 await self._handler(message.body, retry=retry, dead_letter=self._dead_letter)
-            except DecodeError as exc:
-                if str(exc).startswith(_FRAME_ERROR):
-                    await self._reject(channel, tag)
-                else:
-                    await self._failed(message, tag, retry, retries)
+            except DecodeError:
+                # Not an envelope, or a payload that does not fit the handler's type: it never
+                # will, so it is dead-lettered (or dropped) at once, never retried.
+                await self._reject(channel, tag)
             except Exception:
                 await self._failed(message, tag, retry, retries)
             else:
                 try:
                     await channel.basic_ack(tag)
-                except _CONNECTION_ERRORS as exc:
+                except self._errors as exc:
                     log.debug(
                         "ack on %s lost (%s); the broker delivers again", self.queue_name, exc
                     )
@@ -700,7 +738,7 @@ class AmqpSubscription:
             return
         try:
             await message.channel.basic_ack(tag)
-        except _CONNECTION_ERRORS as exc:
+        except self._errors as exc:
             log.debug("ack on %s lost (%s)", self.queue_name, exc)
 
     async def _redelivered(
@@ -719,13 +757,15 @@ class AmqpSubscription:
         )
         log.warning("%s", error)
         with contextlib.suppress(Exception):
-            await self._handler.report(error, message.body)
+            await self._handler.report(
+                error, message.body, outcome="dead-lettered" if self._dead_letter else "dropped"
+            )
 
     async def _reject(self, channel: aiormq.abc.AbstractChannel, tag: int) -> None:
         # With a dead-letter exchange on the queue, the broker moves the message there.
         try:
             await channel.basic_reject(tag, requeue=False)
-        except _CONNECTION_ERRORS as exc:
+        except self._errors as exc:
             log.debug("reject on %s lost (%s); the broker delivers again", self.queue_name, exc)
 
     # -- closing --------------------------------------------------------------------------
@@ -786,13 +826,3 @@ def _password(url: str) -> str | None:
     except ValueError:
         return None
     return unquote(password) if password else None
-
-
-class _DriverModule(types.ModuleType):
-    # Importing this module sets the package's ``driver`` attribute to it, hiding the
-    # ``runa_message_amqp.driver(...)`` factory of the same name: calling the module calls it.
-    def __call__(self, client: AbstractConnection | None = None, **settings: Any) -> AmqpDriver:
-        return AmqpDriver(AmqpSettings.from_mapping(settings, path="amqp.driver()"), client=client)
-
-
-sys.modules[__name__].__class__ = _DriverModule

@@ -118,12 +118,14 @@ class AmqpSettings:
     ``persistent_messages``: publish with delivery mode 2, so messages in durable (group)
     queues survive a broker restart.
     ``max_retries``: deliveries after the first for a message whose handler failed.
-    ``dead_letter``: send messages that failed ``max_retries + 1`` times, and frames that are
-    not envelopes, to ``dead_letter_exchange``; when false they are dropped.
+    ``dead_letter``: send messages that failed ``max_retries + 1`` times, and messages that
+    cannot be decoded (not an envelope, or a payload that does not fit the handler's type),
+    to ``dead_letter_exchange``; when false they are dropped.
     ``dead_letter_exchange``: the topic exchange the driver declares for dead letters.
     ``dead_letter_queue``: a durable queue bound to it with ``#``; empty for none.
     ``publish_timeout``: seconds a publish may take, waiting for a lost connection included.
-    ``connect_timeout``: seconds the first connection may take in ``start()``.
+    ``connect_timeout``: seconds the first connection may take in ``start()`` (then it raises
+    :class:`~runa_message.ConnectError`).
     ``reconnect_interval``: seconds between reconnection attempts after a cut.
     ``close_timeout``: seconds ``close()`` waits for handlers in flight.
     """

@@ -1,76 +1,47 @@
 """The MQTT driver of runa-message: ``driver = "mqtt"``, MQTT 5 (or 3.1.1) through paho-mqtt 2.
 
+Manual setup with :func:`driver` (optionally around your own ``paho.mqtt.client.Client``),
+or config-driven setup for :class:`runa_message.App` with :func:`provider`.
+
+paho-mqtt is imported when the first :class:`MqttDriver` is created, so that listing drivers
+(which imports :mod:`runa_message_mqtt.plugin`, and so this package) stays light.
+
 >>> from runa_message_mqtt import MqttSettings
 >>> MqttSettings(url="mqtt://user:secret@127.0.0.1:1883").url
 'mqtt://user:secret@127.0.0.1:1883'
 >>> "secret" in repr(MqttSettings(url="mqtt://user:secret@127.0.0.1:1883"))
 False
-
-``MqttDriver`` and :func:`driver` import paho-mqtt on first use, so importing this package
-(as listing drivers does) stays light.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 import runa_message as message
 
+from .driver import MqttDriver
 from .settings import MqttSettings
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
-    from .driver import MqttDriver, MqttSubscription
-
-__all__ = ["MqttDriver", "MqttSettings", "MqttSubscription", "driver", "provider"]
-
-
-class _Package(types.ModuleType):
-    """This package, keeping the name ``driver`` for the function below.
-
-    Importing the submodule ``runa_message_mqtt.driver`` (lazily, on first use) would
-    otherwise rebind the package attribute ``driver`` to that module.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "driver" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("MqttDriver", "MqttSubscription"):
-        # The submodule, not the function ``driver`` (``from . import driver`` gives that).
-        return getattr(importlib.import_module(f"{__name__}.driver"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["MqttDriver", "MqttSettings", "driver", "provider"]
 
 
 def driver(client: mqtt.Client | None = None, **settings: Any) -> MqttDriver:
-    """Build an :class:`MqttDriver` by hand: ``registry.register_driver("mqtt", driver(...))``.
+    """Create an :class:`MqttDriver` from keyword settings (see :class:`MqttSettings`).
 
-    ``settings`` are the keys of ``[message.mqtt]`` (see :class:`MqttSettings`). With
-    ``client`` (a ``paho.mqtt.client.Client`` you configured) the driver uses it and never
-    disconnects it; without, it creates its clients and disconnects them at ``close()``.
-    Raises :class:`~runa_message.ConfigError` for a bad setting.
+    ``client``: a ``paho.mqtt.client.Client`` you configured; the driver uses it and never
+    disconnects it. Without it the driver creates its clients from ``url`` and disconnects
+    them at ``close()``. Bad settings raise :class:`~runa_message.ConfigError`.
     """
-    from .driver import MqttDriver
-
-    return MqttDriver(
-        MqttSettings.from_mapping(settings, path="runa_message_mqtt.driver()"), client=client
-    )
+    return MqttDriver(MqttSettings.from_mapping(settings, "mqtt"), client=client)
 
 
 def provider(*brokers: str, **settings: Any) -> message.Provider:
-    """Config-driven setup for :class:`runa_message.App`: brokers on the ``mqtt`` driver.
+    """Config-driven setup: brokers ``brokers`` (default ``"default"``) on driver ``mqtt``.
 
-    ``brokers`` default to ``("default",)``; ``settings`` win over ``[message.mqtt]``.
+    ``settings`` win over ``[message.mqtt]`` (which wins over ``[mqtt]``) in the app's config.
     """
     return message.provider(
         message.configure_driver("mqtt", **settings),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -28,21 +29,16 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from runa_message import wire
 from runa_message.driver import Capabilities, Handler
 from runa_message.errors import (
     ClosedError,
     ConfigError,
+    ConnectError,
     DecodeError,
     MessageError,
     PublishError,
@@ -52,19 +48,16 @@ from runa_message.message import Envelope
 from runa_message.redact import redact_url
 from runa_message.topic import translate
 
-from .client import FastClient
 from .settings import MAX_TOPIC_BYTES, MqttSettings
 
-__all__ = ["MqttConnectionError", "MqttDriver", "MqttSubscription"]
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
+
+__all__ = ["MqttDriver", "MqttSubscription"]
 
 log = logging.getLogger("runa_message.mqtt")
-
-
-class MqttConnectionError(MessageError, ConnectionError):
-    """The broker could not be reached, refused the connection, or went away meanwhile.
-
-    Both a :class:`~runa_message.MessageError` and a :class:`ConnectionError`.
-    """
 
 
 #: Frames waiting for their handler on one connection before it stops reading its socket.
@@ -80,7 +73,37 @@ _SWEEP_INTERVAL = 0.1
 _TOPIC_CACHE = 4096
 _TO_MQTT = str.maketrans(".:", "//")
 _BAD_SHARE_NAME = re.compile(r"[/+#\x00]")
-_NO_CONN = mqtt.MQTT_ERR_NO_CONN
+
+
+class _Paho:
+    """The parts of paho-mqtt the driver uses, imported when the first driver is created.
+
+    Listing drivers imports this package; paho-mqtt waits until a driver is made.
+    """
+
+    def __init__(self) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        from .client import FastClient
+
+        self.FastClient = FastClient
+        self.VERSION2 = CallbackAPIVersion.VERSION2
+        self.MQTTv5 = mqtt.MQTTv5
+        self.MQTTv311 = mqtt.MQTTv311
+        self.NO_CONN = mqtt.MQTT_ERR_NO_CONN
+        self.error_string = mqtt.error_string
+        self.Properties = Properties
+        self.PacketTypes = PacketTypes
+        self.SubscribeOptions = SubscribeOptions
+
+
+@functools.cache
+def _paho() -> _Paho:
+    return _Paho()
 
 
 def _capabilities(prefix: str) -> Capabilities:
@@ -118,8 +141,9 @@ class MqttDriver:
             settings = MqttSettings.from_mapping({**base, **options}, path="MqttDriver()")
         self.settings = settings if settings is not None else MqttSettings()
         self.capabilities = _capabilities(self.settings.prefix)
+        self._p = _paho()
         if client is not None:
-            if client.callback_api_version != CallbackAPIVersion.VERSION2:
+            if client.callback_api_version != self._p.VERSION2:
                 raise ConfigError(
                     "the injected paho client uses callback API VERSION1: create it with "
                     "mqtt.Client(CallbackAPIVersion.VERSION2, ...)"
@@ -147,13 +171,17 @@ class MqttDriver:
 
     def _version(self) -> str:
         if self._client is not None:
-            return "5" if self._client.protocol == mqtt.MQTTv5 else "3.1.1"
+            return "5" if self._client.protocol == self._p.MQTTv5 else "3.1.1"
         return self.settings.version
 
     # -- the Driver protocol --------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect to the broker; raises :class:`MqttConnectionError` when it cannot."""
+        """Connect to the broker.
+
+        Raises :class:`~runa_message.ConnectError` when the broker cannot be reached within
+        ``timeout`` or refuses the connection (a wrong username or password, for example).
+        """
         if self._state != "new":
             if self._state == "closed":
                 raise ClosedError("the MQTT driver is closed: create a new one")
@@ -385,10 +413,12 @@ class _Connection:
         self._where = settings.where
         self._loop = asyncio.get_running_loop()
         self._owned = client is None
+        self._p = _paho()
+        self._no_conn = self._p.NO_CONN
         self._client = client if client is not None else self._make_client(client_id)
         self._saved: dict[str, Any] = {}
         self._saved_manual_ack = False
-        self._v5 = self._client.protocol == mqtt.MQTTv5
+        self._v5 = self._client.protocol == self._p.MQTTv5
         self._qos = settings.qos
         self._retain = settings.retained
         self._ack = settings.qos > 0
@@ -428,11 +458,12 @@ class _Connection:
         settings = self._settings
         endpoint = settings.endpoint()
         v5 = settings.version == "5"
-        client = FastClient(
-            CallbackAPIVersion.VERSION2,
+        paho = self._p
+        client = paho.FastClient(
+            paho.VERSION2,
             client_id=client_id,
             clean_session=None if v5 else True,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             manual_ack=settings.qos > 0,
         )
         client.connect_timeout = settings.timeout
@@ -517,7 +548,7 @@ class _Connection:
                 attempt.add_done_callback(self._abandon)
                 raise
             except (OSError, ValueError) as exc:
-                raise MqttConnectionError(
+                raise ConnectError(
                     f"cannot connect to MQTT broker {self._where}: {_describe(exc)}"
                 ) from None
         self._attach()
@@ -529,7 +560,7 @@ class _Connection:
             await asyncio.wait_for(asyncio.shield(self._connack), self._settings.timeout)
         except asyncio.TimeoutError:
             self._drop_socket()
-            raise MqttConnectionError(
+            raise ConnectError(
                 f"MQTT broker {self._where} did not answer CONNECT within "
                 f"{self._settings.timeout}s: is it an MQTT listener?"
             ) from None
@@ -539,9 +570,7 @@ class _Connection:
         self._schedule_misc()
         await self._resubscribe()
         if lost.done():
-            raise MqttConnectionError(
-                f"connection to MQTT broker {self._where} lost while subscribing"
-            )
+            raise ConnectError(f"connection to MQTT broker {self._where} lost while subscribing")
         self._ready = True
         if not self._ready_waiter.done():
             self._ready_waiter.set_result(None)
@@ -556,7 +585,7 @@ class _Connection:
         endpoint = self._settings.endpoint()
         keepalive = self._settings.keepalive
         if self._v5:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties = self._p.Properties(self._p.PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.ReceiveMaximum = _HIGH_WATER
             client.connect(
                 endpoint.host, endpoint.port, keepalive, clean_start=True, properties=properties
@@ -572,9 +601,7 @@ class _Connection:
     def _attach(self) -> None:
         sock = self._client.socket()
         if sock is None:
-            raise MqttConnectionError(
-                f"connection to MQTT broker {self._where} closed while connecting"
-            )
+            raise ConnectError(f"connection to MQTT broker {self._where} closed while connecting")
         self._sock = sock
         self._tls = isinstance(sock, ssl.SSLSocket)
         if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -655,7 +682,7 @@ class _Connection:
         if reason.is_failure:
             if waiter is not None and not waiter.done():
                 waiter.set_exception(
-                    MqttConnectionError(
+                    ConnectError(
                         f"MQTT broker {self._where} refused the connection: {reason.getName()}"
                         + (
                             " (check username and password)"
@@ -691,7 +718,7 @@ class _Connection:
         waiter = self._connack
         if waiter is not None and not waiter.done():
             waiter.set_exception(
-                MqttConnectionError(
+                ConnectError(
                     f"MQTT broker {self._where} closed the connection while connecting ({why})"
                 )
             )
@@ -951,18 +978,18 @@ class _Connection:
             info = self._client.publish(topic, data, self._qos, self._retain)
             if self._qos:
                 break
-            if info.rc == _NO_CONN:  # dropped between the check and the send: wait again
+            if info.rc == self._no_conn:  # dropped between the check and the send: wait again
                 continue
             if info.rc:
                 raise PublishError(
-                    f"publish to {topic!r} on {self._where} failed: {mqtt.error_string(info.rc)}"
+                    f"publish to {topic!r} on {self._where} failed: {self._p.error_string(info.rc)}"
                 )
             if self._writing:
                 await self._wait_drained(deadline, topic)
             return
-        if info.rc and info.rc != _NO_CONN:
+        if info.rc and info.rc != self._no_conn:
             raise PublishError(
-                f"publish to {topic!r} on {self._where} failed: {mqtt.error_string(info.rc)}"
+                f"publish to {topic!r} on {self._where} failed: {self._p.error_string(info.rc)}"
             )
         # QoS 1/2: paho keeps the message and sends it again after a reconnect.
         if self._sweeper is None:
@@ -1073,7 +1100,7 @@ class _Connection:
                     continue
                 remaining = deadline - self._loop.time()
                 if remaining <= 0:
-                    raise MqttConnectionError(
+                    raise ConnectError(
                         f"cannot subscribe to {entry.full!r}: not connected to MQTT broker "
                         f"{self._where} within {self._settings.timeout}s"
                     )
@@ -1086,10 +1113,11 @@ class _Connection:
     def _send_subscribe(self, entry: _Entry) -> asyncio.Future[list[ReasonCode]] | None:
         """Queue a SUBSCRIBE for ``entry``; the future gets the SUBACK (None: not connected)."""
         if self._v5:
-            properties = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
+            paho = self._p
+            properties = paho.Properties(paho.PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
             properties.SubscriptionIdentifier = entry.ident
             rc, mid = self._client.subscribe(
-                entry.full, options=SubscribeOptions(qos=self._qos), properties=properties
+                entry.full, options=paho.SubscribeOptions(qos=self._qos), properties=properties
             )
         else:
             rc, mid = self._client.subscribe(entry.full, qos=self._qos)
@@ -1098,10 +1126,10 @@ class _Connection:
     def _expect(
         self, rc: int, mid: int | None, what: str
     ) -> asyncio.Future[list[ReasonCode]] | None:
-        if rc == _NO_CONN or mid is None:
+        if rc == self._no_conn or mid is None:
             return None
         if rc:
-            raise MessageError(f"{what} on {self._where} failed: {mqtt.error_string(rc)}")
+            raise MessageError(f"{what} on {self._where} failed: {self._p.error_string(rc)}")
         future: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
         future.add_done_callback(_retrieve)
         self._requests[mid] = future
@@ -1118,7 +1146,7 @@ class _Connection:
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._settings.timeout)
         except asyncio.TimeoutError:
-            raise MqttConnectionError(
+            raise ConnectError(
                 f"{what}: MQTT broker {self._where} did not answer within {self._settings.timeout}s"
             ) from None
         except ConnectionError:

@@ -816,7 +816,11 @@ async def _flush(nc: Client, timeout: float) -> None:
 
 
 async def _abandon(nc: Client, connecting: asyncio.Future[None]) -> None:
-    connecting.cancel()
-    await asyncio.wait({connecting})
+    # Before Python 3.12 asyncio.wait_for (inside nats-py's connect) can swallow a
+    # cancellation that lands as its inner connect attempt fails; nats-py would then go on
+    # retrying for ever. Cancel again until the task has really ended.
+    while not connecting.done():
+        connecting.cancel()
+        await asyncio.wait({connecting}, timeout=0.1)
     with contextlib.suppress(Exception):
         await nc.close()

@@ -35,6 +35,7 @@ from runa_message import wire
 from runa_message.driver import Capabilities, Handler
 from runa_message.errors import (
     ClosedError,
+    ConnectError,
     MessageError,
     PublishError,
     UnsupportedFeatureError,
@@ -271,9 +272,10 @@ class RedisDriver:
         return self._client
 
     async def start(self) -> None:
-        """Connect the publisher connection; raise :class:`MessageError` if Redis is not there.
+        """Connect the publisher connection; :class:`~runa_message.ConnectError` if it cannot.
 
-        Keeps trying for ``publish_timeout`` seconds (a server that is starting up is fine).
+        Keeps trying for ``publish_timeout`` seconds (a server that is starting up is fine);
+        a refused login (or another refusal of the handshake) fails at once.
         """
         if self._closed:
             raise ClosedError("the Redis driver is closed; create a new one")
@@ -299,7 +301,7 @@ class RedisDriver:
                     if self._owns_client:
                         await self._client.aclose()
                         self._client = None
-                    raise MessageError(
+                    raise ConnectError(
                         f"cannot connect to Redis at {self.settings.redacted_url}: "
                         f"{_describe(exc)}; check that the server runs and the url setting"
                     ) from None
