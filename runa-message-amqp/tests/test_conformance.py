@@ -9,10 +9,10 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractConnection
 
-from runa_message import Capabilities
 from runa_message.testing import DriverConformance
 from runa_message.testing.conformance import DriverFactory, SendFrame
 from runa_message_amqp import AmqpDriver
+from runa_message_amqp.settings import CAPABILITIES
 
 pytestmark = pytest.mark.broker
 
@@ -20,9 +20,7 @@ HOST, PORT = "127.0.0.1", 5672
 
 
 class TestAmqpConformance(DriverConformance):
-    capabilities = Capabilities(
-        wildcards=True, groups=True, ack=True, persistent=True, max_topic_length=255
-    )
+    capabilities = CAPABILITIES
     network = True
     max_deliveries = 4  # the first delivery and max_retries=3 more
 

@@ -65,7 +65,7 @@ def test_wrong_type_names_the_key() -> None:
         ("prefix", "a.#", "wildcard"),
         ("prefetch", 0, "between 1 and 65535"),
         ("max_retries", -1, "at least 0"),
-        ("publish_timeout", 0, "positive"),
+        ("publish_timeout", 0, "must be a number of seconds above zero, got 0"),
     ],
 )
 def test_bad_values_are_explained(key: str, value: Any, words: str) -> None:

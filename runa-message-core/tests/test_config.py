@@ -9,7 +9,7 @@ import pytest
 
 import runa_message as message
 from runa_message import ConfigError, Registry, load_config
-from runa_message.config import structure_settings
+from runa_message.config import positive, structure_settings
 
 
 def _write(path: Path, text: str) -> Path:
@@ -184,3 +184,36 @@ def test_structure_settings_accepts_good_values() -> None:
     assert structure_settings(
         Settings, {"port": 2, "timeout": 3, "servers": ["a"]}, "cfg"
     ) == Settings(port=2, timeout=3.0, servers=["a"])
+
+
+@attrs.frozen
+class Timeouts:
+    wait: float = attrs.field(default=1.0, validator=positive())
+    interval: float = attrs.field(default=30.0, validator=positive(zero=True))
+    limit: int = attrs.field(default=10, validator=positive("a count"))
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        ({"wait": 0}, "cfg.wait: must be a number of seconds above zero, got 0"),
+        ({"wait": -1.5}, "cfg.wait: must be a number of seconds above zero, got -1.5"),
+        ({"wait": float("nan")}, "cfg.wait: must be a number of seconds above zero, got nan"),
+        ({"interval": -1}, "cfg.interval: must be a number of seconds above zero (or zero)"),
+        ({"limit": 0}, "cfg.limit: must be a count above zero, got 0"),
+    ],
+)
+def test_positive_validator_messages_name_the_key(data: dict, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        structure_settings(Timeouts, data, "cfg")
+    assert says in str(info.value)
+
+
+def test_positive_validator_accepts_good_values() -> None:
+    assert Timeouts(wait=0.1, interval=0, limit=1) == Timeouts(0.1, 0, 1)
+    with pytest.raises(ValueError, match=r"^wait: must be a number of seconds above zero"):
+        Timeouts(wait=0)
+    with pytest.raises(TypeError, match=r"^wait: expected a number of seconds, got str"):
+        Timeouts(wait="1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^limit: expected a count, got bool"):
+        Timeouts(limit=True)

@@ -31,6 +31,7 @@ import pytest_asyncio
 from runa_message import (
     Capabilities,
     ClosedError,
+    ConnectError,
     DecodeError,
     Driver,
     Envelope,
@@ -687,6 +688,7 @@ class LoopbackDriver:
     retry_failures = True
     decode_errors_final = True
     cancel_on_close = False
+    connect_error = True
 
     def __init__(
         self, address: tuple[str, int], *, publish_timeout: float = 2.0, max_deliveries: int = 3
@@ -708,7 +710,12 @@ class LoopbackDriver:
         return f"LoopbackDriver({self.address[0]}:{self.address[1]})"
 
     async def start(self) -> None:
-        reader = await self._connect()
+        try:
+            reader = await self._connect()
+        except OSError as exc:
+            if not self.connect_error:
+                raise
+            raise ConnectError(f"cannot connect to {self.address}: {exc}") from None
         self._runner = asyncio.ensure_future(self._run(reader))
 
     async def _connect(self) -> asyncio.StreamReader:
@@ -940,6 +947,10 @@ class CancelsHandlersOnClose(LoopbackDriver):
     cancel_on_close = True
 
 
+class StartRaisesOSError(LoopbackDriver):
+    connect_error = False
+
+
 BROKEN_LOOPBACK: list[tuple[type[LoopbackDriver], list[str]]] = [
     (NoReconnect, ["test_subscription_survives_connection_cut"]),
     (NoResubscribe, ["test_subscription_survives_connection_cut"]),
@@ -956,6 +967,7 @@ BROKEN_LOOPBACK: list[tuple[type[LoopbackDriver], list[str]]] = [
     ),
     (RetriesGarbage, ["test_malformed_frames_reach_on_error"]),
     (CancelsHandlersOnClose, ["test_close_drains_running_handlers"]),
+    (StartRaisesOSError, ["test_start_against_a_closed_port_raises_connect_error"]),
 ]
 
 

@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from runa_message.driver import Handler
 from runa_message.message import Envelope
+from runa_message.testing import free_port
 
 HOST = "127.0.0.1"
 PORT = 1883
@@ -145,12 +146,6 @@ class RawClient:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 class Mosquitto:

@@ -20,7 +20,6 @@ from mqtt_testkit import (
     Mosquitto,
     RawClient,
     envelope,
-    free_port,
     unique,
     wait_total,
 )
@@ -421,18 +420,6 @@ async def test_injected_311_client_refuses_what_needs_another_connection(
     await instance.close()
     assert client.is_connected()
     client.disconnect()
-
-
-async def test_connecting_to_nothing_fails_fast_without_secrets() -> None:
-    port = free_port()
-    instance = driver(url=f"mqtt://user:s3cr3t@127.0.0.1:{port}", password="p4ss", timeout=2.0)
-    with pytest.raises(ConnectError) as info:
-        await asyncio.wait_for(instance.start(), TIMEOUT)
-    assert isinstance(info.value, ConnectionError)
-    assert "s3cr3t" not in str(info.value)
-    assert "p4ss" not in str(info.value)
-    assert f"127.0.0.1:{port}" in str(info.value)
-    await instance.close()
 
 
 async def test_a_non_mqtt_listener_times_out(closing: list[object]) -> None:

@@ -66,8 +66,8 @@ def test_secrets_are_not_in_repr() -> None:
         ("qos", 3, "qos must be 0"),
         ("version", "3.1", 'version must be "5"'),
         ("prefix", "a/+/", "MQTT topic names may not contain"),
-        ("publish_timeout", 0, "publish_timeout must be a positive number"),
-        ("timeout", -1.0, "timeout must be a positive number"),
+        ("publish_timeout", 0, "publish_timeout: must be a number of seconds above zero, got 0"),
+        ("timeout", -1.0, "timeout: must be a number of seconds above zero, got -1.0"),
         ("keepalive", 0, "keepalive must be between"),
     ],
 )

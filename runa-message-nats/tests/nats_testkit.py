@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import shutil
-import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from runa_message import wire
 from runa_message.errors import DecodeError
 from runa_message.message import Envelope
+from runa_message.testing import free_port
 
 NATS_HOST = "127.0.0.1"
 NATS_PORT = 4222
@@ -82,12 +82,6 @@ class Recorder:
 
 def envelope(topic: str, payload: bytes = b"{}", id_: str | None = None) -> Envelope:
     return Envelope(id_ or uuid.uuid4().hex, topic, payload, {"content-type": "application/json"})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((NATS_HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 class PrivateServer:

@@ -11,14 +11,15 @@ from nats_testkit import NATS_HOST, NATS_PORT
 
 from runa_message.driver import Capabilities
 from runa_message.testing import DriverConformance
-from runa_message_nats import NatsDriver, NatsSettings, driver
+from runa_message_nats import NatsDriver, driver
 from runa_message_nats.driver import subject_of
+from runa_message_nats.settings import CAPABILITIES
 
 pytestmark = pytest.mark.broker
 
 
 class TestNatsConformance(DriverConformance):
-    capabilities: ClassVar[Capabilities | None] = NatsSettings().capabilities
+    capabilities: ClassVar[Capabilities | None] = CAPABILITIES
     network: ClassVar[bool] = True
     max_deliveries: ClassVar[int | None] = None
 

@@ -16,7 +16,6 @@ from nats_testkit import (
     LogWaiter,
     Recorder,
     envelope,
-    free_port,
     make_certificates,
 )
 
@@ -152,22 +151,6 @@ async def test_start_fails_when_nats_is_unreachable(prefix: str) -> None:
             await d.start()
         assert loop.time() - started < 3
         await d.close()
-
-
-async def test_start_against_a_closed_port_raises_connect_error(prefix: str) -> None:
-    port = free_port()
-    d = driver(
-        url=f"nats://alice:s3cret-pw@{NATS_HOST}:{port}",
-        connect_timeout=0.5,
-        reconnect_time_wait=0.1,
-        prefix=prefix,
-    )
-    with pytest.raises(ConnectError) as info:
-        await asyncio.wait_for(d.start(), 10)
-    assert isinstance(info.value, ConnectionError)
-    assert f"{NATS_HOST}:{port}" in str(info.value)
-    assert "s3cret-pw" not in str(info.value)
-    await d.close()
 
 
 async def test_user_password_auth_and_no_secret_leaks(

@@ -7,6 +7,7 @@ import pytest
 from runa_message.config import Config
 from runa_message.errors import ConfigError
 from runa_message_nats import NatsSettings, driver
+from runa_message_nats.settings import CAPABILITIES
 
 
 def test_defaults_point_at_the_local_broker() -> None:
@@ -132,3 +133,4 @@ def test_capabilities_follow_the_prefix() -> None:
     assert not caps.persistent
     assert caps.max_topic_length == 4000 - len("runa.message.")
     assert NatsSettings(prefix="").capabilities.max_topic_length == 4000
+    assert caps == CAPABILITIES

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from runa_message.message import Envelope
+from runa_message.testing import free_port
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -82,19 +82,6 @@ async def raw() -> AsyncIterator[aioredis.Redis]:
         pytest.fail(f"Redis is not running on {REDIS_HOST}:{REDIS_PORT}: {exc}")
     yield client
     await client.aclose()
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((REDIS_HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def unused_port() -> int:
-    """A loopback TCP port nothing listens on."""
-    return free_port()
 
 
 class PrivateRedis:

@@ -12,7 +12,7 @@ from runa_message.driver import Driver
 from runa_message.testing import DriverConformance
 from runa_message.testing.conformance import DriverFactory, SendFrame
 from runa_message_redis import RedisDriver, driver
-from runa_message_redis.plugin import CAPABILITIES
+from runa_message_redis.settings import CAPABILITIES
 
 HOST, PORT = "127.0.0.1", 6379
 

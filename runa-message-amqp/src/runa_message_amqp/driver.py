@@ -33,9 +33,11 @@ import re
 import secrets
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import unquote, urlsplit
+
+import attrs
 
 from runa_message import wire
+from runa_message.backoff import Backoff
 from runa_message.driver import Capabilities, Handler
 from runa_message.errors import (
     ClosedError,
@@ -45,7 +47,7 @@ from runa_message.errors import (
     PublishError,
     UnsupportedFeatureError,
 )
-from runa_message.redact import redact_url
+from runa_message.redact import describe_error, redact_url, url_secrets
 from runa_message.topic import MANY, ONE, translate
 
 from .settings import CAPABILITIES, MAX_NAME_BYTES, AmqpSettings
@@ -129,12 +131,8 @@ class AmqpDriver:
             settings = AmqpSettings.from_mapping(options, path="AmqpDriver()")
         #: The driver's settings.
         self.settings = settings if settings is not None else AmqpSettings()
-        self.capabilities = Capabilities(
-            wildcards=CAPABILITIES.wildcards,
-            groups=CAPABILITIES.groups,
-            ack=CAPABILITIES.ack,
-            persistent=CAPABILITIES.persistent,
-            max_topic_length=MAX_NAME_BYTES - len(self.settings.prefix.encode()),
+        self.capabilities: Capabilities = attrs.evolve(
+            CAPABILITIES, max_topic_length=MAX_NAME_BYTES - len(self.settings.prefix.encode())
         )
         self._a = _aio_pika()
         self._connection: AbstractConnection | None = client
@@ -378,7 +376,7 @@ class AmqpDriver:
         # The connection is down or was lost during the publish: wait until the robust
         # connection restored the channel, publish again, until the deadline.
         loop = asyncio.get_running_loop()
-        pause = 0.02
+        pause = Backoff(first=0.02, maximum=0.5, jitter=0)
         last: BaseException | None = None
         while True:
             remaining = deadline - loop.time()
@@ -400,8 +398,7 @@ class AmqpDriver:
             except self._a.connection_errors as exc:
                 last = exc
                 # The broken connection may not be noticed yet: back off a little.
-                await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
-                pause = min(pause * 2, 0.5)
+                await asyncio.sleep(min(pause.delay(), max(0.0, deadline - loop.time())))
                 continue
             if result is None or isinstance(result, self._a.Ack):
                 return
@@ -531,11 +528,7 @@ class AmqpDriver:
         return redact_url(self.settings.url)
 
     def _describe(self, exc: BaseException | None) -> str:
-        text = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
-        password = _password(self.settings.url)
-        if password:
-            text = text.replace(password, "***")
-        return text
+        return describe_error(exc, url_secrets(self.settings.url))
 
 
 class AmqpSubscription:
@@ -646,7 +639,7 @@ class AmqpSubscription:
 
     async def _recover_loop(self) -> None:
         settings = self.driver.settings
-        pause = min(0.1, settings.reconnect_interval)
+        pause = Backoff(first=0.1, maximum=settings.reconnect_interval, jitter=0)
         while not self._closing:
             try:
                 await asyncio.wait_for(self._restore(), settings.connect_timeout)
@@ -657,8 +650,7 @@ class AmqpSubscription:
             except Exception as exc:
                 # The queue's node may still be down, or the connection: try again.
                 log.debug("consuming %s again failed (%s); retrying", self.queue_name, exc)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, settings.reconnect_interval)
+            await asyncio.sleep(pause.delay())
 
     async def _restore(self) -> None:
         channel: Any = self._channel
@@ -818,11 +810,3 @@ def _consumer_tag(consumer: str) -> str:
     # Tags are short strings (255 bytes): keep the consumer's name readable in the broker UI.
     name = consumer.encode()[:200].decode(errors="ignore")
     return f"runa.{name}.{secrets.token_hex(4)}"
-
-
-def _password(url: str) -> str | None:
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return None
-    return unquote(password) if password else None

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from runa_message.config import structure_settings
+from runa_message.config import positive, structure_settings
 from runa_message.driver import Capabilities
 from runa_message.redact import redact_url
 
@@ -88,14 +88,6 @@ def _check_prefix(_instance: Any, _attribute: Any, value: str) -> None:
         raise ValueError(f"prefix: {len(value.encode())} bytes leave no room for topics")
 
 
-def _positive(kind: str) -> Any:
-    def check(_instance: Any, attribute: Any, value: float) -> None:
-        if not value > 0:
-            raise ValueError(f"{attribute.name}: must be a positive {kind}, got {value!r}")
-
-    return check
-
-
 def _at_least(low: int, high: int | None = None) -> Any:
     def check(_instance: Any, attribute: Any, value: int) -> None:
         if value < low or (high is not None and value > high):
@@ -146,10 +138,10 @@ class AmqpSettings:
         default=attrs.Factory(lambda self: f"{self.exchange}.dead-letter", takes_self=True),
         validator=_check_name("dead-letter queue", empty=True),
     )
-    publish_timeout: float = attrs.field(default=5.0, validator=_positive("number of seconds"))
-    connect_timeout: float = attrs.field(default=10.0, validator=_positive("number of seconds"))
-    reconnect_interval: float = attrs.field(default=1.0, validator=_positive("number of seconds"))
-    close_timeout: float = attrs.field(default=10.0, validator=_positive("number of seconds"))
+    publish_timeout: float = attrs.field(default=5.0, validator=positive())
+    connect_timeout: float = attrs.field(default=10.0, validator=positive())
+    reconnect_interval: float = attrs.field(default=1.0, validator=positive())
+    close_timeout: float = attrs.field(default=10.0, validator=positive())
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any], path: str = "message.amqp") -> AmqpSettings:

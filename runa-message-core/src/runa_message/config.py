@@ -35,7 +35,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-__all__ = ["BrokerConfig", "Config", "load_config", "structure_settings"]
+__all__ = ["BrokerConfig", "Config", "load_config", "positive", "structure_settings"]
 
 ENV_PREFIX = "RUNA_MESSAGE__"
 BROKER_KEYS = ("driver", "codec", "meta")
@@ -230,6 +230,27 @@ def structure_settings(cls: type[S], settings: Mapping[str, Any], path: str) -> 
         raise ConfigError(_describe_settings_error(exc, settings, path)) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def positive(what: str = "a number of seconds", *, zero: bool = False) -> Any:
+    """An attrs validator: the setting must be a number above zero (or zero, with ``zero``).
+
+    ``what`` names the kind of number in the message, e.g. ``"a count"``. A bool or a
+    non-number raises :class:`TypeError` (``"name: expected a number of seconds, got str"``),
+    anything else out of range (NaN too) :class:`ValueError`
+    (``"name: must be a number of seconds above zero, got -1"``). The messages start with
+    the setting's name, so :func:`structure_settings` puts them on the key path:
+    ``message.redis.publish_timeout: must be ...``.
+    """
+    least = "above zero (or zero)" if zero else "above zero"
+
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{attribute.name}: expected {what}, got {type(value).__name__}")
+        if not (value > 0 or (zero and value == 0)):
+            raise ValueError(f"{attribute.name}: must be {what} {least}, got {value!r}")
+
+    return check
 
 
 def _describe_settings_error(

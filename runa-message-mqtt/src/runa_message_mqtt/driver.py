@@ -23,7 +23,6 @@ import contextlib
 import functools
 import logging
 import os
-import random
 import re
 import socket
 import ssl
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 import attrs
 
 from runa_message import wire
+from runa_message.backoff import Backoff
 from runa_message.driver import Capabilities, Handler
 from runa_message.errors import (
     ClosedError,
@@ -45,10 +45,10 @@ from runa_message.errors import (
     UnsupportedFeatureError,
 )
 from runa_message.message import Envelope
-from runa_message.redact import redact_url
+from runa_message.redact import describe_error, redact_url
 from runa_message.topic import translate
 
-from .settings import MAX_TOPIC_BYTES, MqttSettings
+from .settings import CAPABILITIES, MAX_TOPIC_BYTES, MqttSettings
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -107,13 +107,7 @@ def _paho() -> _Paho:
 
 
 def _capabilities(prefix: str) -> Capabilities:
-    return Capabilities(
-        wildcards=True,
-        groups=True,
-        ack=False,
-        persistent=False,
-        max_topic_length=MAX_TOPIC_BYTES - len(prefix.encode()),
-    )
+    return attrs.evolve(CAPABILITIES, max_topic_length=MAX_TOPIC_BYTES - len(prefix.encode()))
 
 
 class MqttDriver:
@@ -648,12 +642,13 @@ class _Connection:
             if self._is_closing():
                 return
             log.warning("connection to MQTT broker %s lost; reconnecting", self._where)
-            delay = _BACKOFF_FIRST
+            backoff = Backoff(_BACKOFF_FIRST, 2.0, _BACKOFF_MAX, jitter=0.5)
             while not self._closing:
                 try:
                     await self._connect()
                 except Exception as exc:
                     self._drop_socket()
+                    delay = backoff.delay()
                     expected = isinstance(exc, (OSError, MessageError, ValueError))
                     log.log(
                         logging.INFO if expected else logging.ERROR,
@@ -662,8 +657,7 @@ class _Connection:
                         exc if expected else f"{type(exc).__name__}: {exc}",
                         delay,
                     )
-                    await asyncio.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, _BACKOFF_MAX)
+                    await asyncio.sleep(delay)
                     continue
                 log.warning("reconnected to MQTT broker %s", self._where)
                 break
@@ -1291,8 +1285,7 @@ def _discard(items: list[Any], value: Any) -> None:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate not trusted ({exc.verify_message}): set ca_file, or tls_insecure for a name mismatch"
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+    return describe_error(exc)
 
 
 def _filter_matcher(mqtt_filter: str) -> Callable[[str], bool]:

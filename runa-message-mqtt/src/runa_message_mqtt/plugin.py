@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from runa_message.driver import Capabilities
 from runa_message.hookspecs import hookimpl
 from runa_message.plugins import DriverDescription
 
@@ -38,12 +37,12 @@ def runa_message_driver_description(name: str) -> DriverDescription | None:
     """Describe the MQTT driver for ``runa-message drivers``; None for other names."""
     if name != NAME:
         return None
-    from .settings import MqttSettings
+    from .settings import CAPABILITIES, MqttSettings
 
     return DriverDescription(
         name=NAME,
         summary="MQTT 5 / 3.1.1 (Mosquitto and others) on paho-mqtt 2: wildcards, shared "
         "subscriptions for groups",
-        capabilities=Capabilities(wildcards=True, groups=True, ack=False, persistent=False),
+        capabilities=CAPABILITIES,
         settings=MqttSettings,
     )

@@ -8,16 +8,22 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 
-from runa_message.config import structure_settings
+from runa_message.config import positive, structure_settings
+from runa_message.driver import Capabilities
 from runa_message.redact import redact_url
 
-__all__ = ["VERSIONS", "Endpoint", "MqttSettings"]
+__all__ = ["CAPABILITIES", "VERSIONS", "Endpoint", "MqttSettings"]
 
 #: The MQTT protocol versions the driver speaks, as the ``version`` setting spells them.
 VERSIONS = ("5", "3.1.1")
 _SCHEMES = {"mqtt": (1883, False), "mqtts": (8883, True)}
 #: The longest MQTT topic name, in UTF-8 bytes (a two-byte length prefix on the wire).
 MAX_TOPIC_BYTES = 65535
+
+#: What the driver can do: wildcards and shared subscriptions for groups, at-most-once
+#: delivery to the handler. A driver's own ``capabilities`` add ``max_topic_length``:
+#: :data:`MAX_TOPIC_BYTES` minus the length of its ``prefix``.
+CAPABILITIES = Capabilities(wildcards=True, groups=True, ack=False, persistent=False)
 
 
 @attrs.frozen
@@ -85,11 +91,6 @@ def _check_version(_instance: object, _attribute: object, version: str) -> None:
         raise ValueError(f'version must be "5" (MQTT 5, the default) or "3.1.1", got {version!r}')
 
 
-def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
-
-
 def _check_keepalive(_instance: object, _attribute: object, value: int) -> None:
     if not 0 < value <= 65535:
         raise ValueError(f"keepalive must be between 1 and 65535 seconds, got {value!r}")
@@ -133,8 +134,8 @@ class MqttSettings:
     prefix: str = attrs.field(default="runa/message/", validator=_check_prefix)
     qos: int = attrs.field(default=1, validator=_check_qos)
     retained: bool = False
-    timeout: float = attrs.field(default=10.0, validator=_positive)
-    publish_timeout: float = attrs.field(default=5.0, validator=_positive)
+    timeout: float = attrs.field(default=10.0, validator=positive())
+    publish_timeout: float = attrs.field(default=5.0, validator=positive())
     publisher_confirms: bool = True
     version: str = attrs.field(default="5", validator=_check_version)
     keepalive: int = attrs.field(default=60, validator=_check_keepalive)

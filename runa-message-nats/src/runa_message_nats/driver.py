@@ -31,7 +31,7 @@ from runa_message.errors import (
     MessageError,
     PublishError,
 )
-from runa_message.redact import redact_url
+from runa_message.redact import describe_error, redact_url
 from runa_message.topic import MANY, ONE, segments
 from runa_message.wire import encode
 
@@ -653,16 +653,7 @@ class NatsDriver:
         return redact_url(url.geturl()) if url is not None else "?"
 
     def _describe(self, error: BaseException | None) -> str:
-        if error is None:
-            return "unknown error"
-        text = str(error) or type(error).__name__
-        if type(error).__name__ not in text:
-            text = f"{type(error).__name__}: {text}"
-        for secret in self.settings.secrets:
-            # Shorter ones would mangle the text; no client message quotes a secret anyway.
-            if len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text
+        return describe_error(error, self.settings.secrets)
 
     def _last_error_text(self) -> str:
         if self._last_error is None:

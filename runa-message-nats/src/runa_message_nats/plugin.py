@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from runa_message.hookspecs import hookimpl
 from runa_message.plugins import DriverDescription
 
-from .settings import NatsSettings
+from .settings import CAPABILITIES, NatsSettings
 
 if TYPE_CHECKING:
     from .driver import NatsDriver
@@ -42,6 +42,6 @@ def runa_message_driver_description(name: str) -> DriverDescription | None:
         name=NAME,
         summary="NATS core pub/sub on nats-py: subject wildcards, queue groups, "
         "cluster URLs, TLS, reconnect with resubscribe (at-most-once)",
-        capabilities=NatsSettings().capabilities,
+        capabilities=CAPABILITIES,
         settings=NatsSettings,
     )

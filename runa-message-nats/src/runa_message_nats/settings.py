@@ -8,12 +8,12 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from runa_message.config import structure_settings
+from runa_message.config import positive, structure_settings
 from runa_message.driver import Capabilities
 from runa_message.errors import ConfigError
-from runa_message.redact import redact_url
+from runa_message.redact import redact_url, url_secrets
 
-__all__ = ["NatsSettings"]
+__all__ = ["CAPABILITIES", "NatsSettings"]
 
 #: URL schemes the driver connects with: plain TCP and TLS.
 SCHEMES = ("nats", "tls")
@@ -21,6 +21,20 @@ SCHEMES = ("nats", "tls")
 #: The longest subject (prefix included) the driver publishes: NATS reads a message's
 #: control line (``MSG <subject> <sid> <size>``) in at most 4096 bytes.
 MAX_SUBJECT_BYTES = 4000
+#: The subject prefix by default.
+DEFAULT_PREFIX = "runa.message."
+
+#: What the driver does with the default settings: core NATS pub/sub with queue groups.
+#: Wildcards and groups, at-most-once (no acknowledgements, nothing kept for a group member
+#: that is away); topics up to the subject limit minus the prefix
+#: (:attr:`NatsSettings.capabilities` has the limit for the prefix set).
+CAPABILITIES = Capabilities(
+    wildcards=True,
+    groups=True,
+    ack=False,
+    persistent=False,
+    max_topic_length=MAX_SUBJECT_BYTES - len(DEFAULT_PREFIX.encode()),
+)
 
 
 def _urls(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -73,11 +87,6 @@ def _check_prefix(_instance: Any, _attribute: Any, prefix: str) -> None:
             raise ValueError(
                 f"prefix: {prefix!r} may hold neither wildcards ('*', '>') nor whitespace"
             )
-
-
-def _positive(_instance: Any, attribute: Any, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name}: must be greater than 0, got {value!r}")
 
 
 def _reconnect_attempts(_instance: Any, _attribute: Any, value: int) -> None:
@@ -136,7 +145,7 @@ class NatsSettings:
         validator=_check_urls,
         repr=_urls_repr,
     )
-    prefix: str = attrs.field(default="runa.message.", validator=_check_prefix)
+    prefix: str = attrs.field(default=DEFAULT_PREFIX, validator=_check_prefix)
     name: str | None = None
     user: str | None = None
     password: str | None = attrs.field(default=None, repr=_secret_repr)
@@ -146,14 +155,16 @@ class NatsSettings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_hostname: str | None = None
-    connect_timeout: float = attrs.field(default=5.0, validator=_positive)
-    publish_timeout: float = attrs.field(default=5.0, validator=_positive)
-    drain_timeout: float = attrs.field(default=10.0, validator=_positive)
-    reconnect_time_wait: float = attrs.field(default=2.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=5.0, validator=positive())
+    publish_timeout: float = attrs.field(default=5.0, validator=positive())
+    drain_timeout: float = attrs.field(default=10.0, validator=positive())
+    reconnect_time_wait: float = attrs.field(default=2.0, validator=positive())
     max_reconnect_attempts: int = attrs.field(default=-1, validator=_reconnect_attempts)
-    ping_interval: float = attrs.field(default=30.0, validator=_positive)
-    pending_msgs_limit: int = attrs.field(default=65536, validator=_positive)
-    pending_bytes_limit: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
+    ping_interval: float = attrs.field(default=30.0, validator=positive())
+    pending_msgs_limit: int = attrs.field(default=65536, validator=positive("a count"))
+    pending_bytes_limit: int = attrs.field(
+        default=64 * 1024 * 1024, validator=positive("a number of bytes")
+    )
 
     def __attrs_post_init__(self) -> None:
         _check_credentials(self)
@@ -165,12 +176,8 @@ class NatsSettings:
         Wildcards and groups, at-most-once (no acknowledgements, nothing kept for a group
         member that is away); topics up to the subject limit minus the prefix.
         """
-        return Capabilities(
-            wildcards=True,
-            groups=True,
-            ack=False,
-            persistent=False,
-            max_topic_length=MAX_SUBJECT_BYTES - len(self.prefix.encode()),
+        return attrs.evolve(
+            CAPABILITIES, max_topic_length=MAX_SUBJECT_BYTES - len(self.prefix.encode())
         )
 
     @property
@@ -185,14 +192,7 @@ class NatsSettings:
         """Every secret these settings hold (passwords, tokens, URL credentials)."""
         found = [value for value in (self.password, self.token) if value]
         for url in self.url:
-            try:
-                parts = urlsplit(url)
-            except ValueError:
-                continue
-            if parts.password:
-                found.append(parts.password)
-            elif parts.username:
-                found.append(parts.username)  # a lone token
+            found.extend(url_secrets(url))  # the password, or a lone token
         return tuple(found)
 
     @classmethod

@@ -26,12 +26,12 @@ import contextlib
 import functools
 import logging
 import math
-import random
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from runa_message import wire
+from runa_message.backoff import Backoff
 from runa_message.driver import Capabilities, Handler
 from runa_message.errors import (
     ClosedError,
@@ -40,10 +40,10 @@ from runa_message.errors import (
     PublishError,
     UnsupportedFeatureError,
 )
+from runa_message.redact import describe_error, url_secrets
 from runa_message.topic import MANY, ONE, segments
 
-from .plugin import CAPABILITIES
-from .settings import RedisSettings
+from .settings import CAPABILITIES, RedisSettings
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -116,22 +116,9 @@ def _redis_py() -> _RedisPy:
     return _RedisPy()
 
 
-class _Backoff:
-    """Exponential backoff with jitter for reconnect attempts."""
-
-    __slots__ = ("_max", "_next")
-
-    def __init__(self, maximum: float = BACKOFF_MAX) -> None:
-        self._max = maximum
-        self._next = min(BACKOFF_FIRST, maximum)
-
-    def reset(self) -> None:
-        self._next = min(BACKOFF_FIRST, self._max)
-
-    def delay(self) -> float:
-        delay = self._next
-        self._next = min(delay * BACKOFF_FACTOR, self._max)
-        return delay * random.uniform(0.8, 1.2)
+def _backoff(maximum: float = BACKOFF_MAX) -> Backoff:
+    """Reconnect backoff: from BACKOFF_FIRST, growing by BACKOFF_FACTOR, jittered by +-20%."""
+    return Backoff(BACKOFF_FIRST, BACKOFF_FACTOR, maximum, jitter=0.2)
 
 
 def _glob_literal(text: str) -> str:
@@ -287,7 +274,7 @@ class RedisDriver:
         self._new_connection = self._connection_factory(self._client)
         conn = self._new_connection()
         deadline = self._loop.time() + self._timeout
-        backoff = _Backoff()
+        backoff = _backoff()
         while True:
             try:
                 await self._connect(conn, max(deadline - self._loop.time(), 0.1))
@@ -303,7 +290,7 @@ class RedisDriver:
                         self._client = None
                     raise ConnectError(
                         f"cannot connect to Redis at {self.settings.redacted_url}: "
-                        f"{_describe(exc)}; check that the server runs and the url setting"
+                        f"{self._describe(exc)}; check that the server runs and the url setting"
                     ) from None
                 await asyncio.sleep(min(backoff.delay(), left))
         self._pub_conn = conn
@@ -431,7 +418,7 @@ class RedisDriver:
         loop = asyncio.get_running_loop()
         # Several attempts within any publish's publish_timeout, so a publish waiting through
         # an outage goes out soon after the server is back.
-        backoff = _Backoff(min(BACKOFF_MAX, self._timeout / 4))
+        backoff = _backoff(min(BACKOFF_MAX, self._timeout / 4))
         read = conn.read_response
         inf = math.inf
         errors = self._r.network_errors
@@ -511,7 +498,7 @@ class RedisDriver:
             log.warning(
                 "lost the publisher connection to Redis at %s (%s); reconnecting",
                 self.settings.redacted_url,
-                _describe(exc),
+                self._describe(exc),
             )
         self._expire()
 
@@ -548,7 +535,7 @@ class RedisDriver:
                     PublishError(
                         f"cannot publish to {item[3]!r}: no connection to Redis at "
                         f"{self.settings.redacted_url} within publish_timeout "
-                        f"({self._timeout:g} s): {_describe(self._pub_error)}; check that "
+                        f"({self._timeout:g} s): {self._describe(self._pub_error)}; check that "
                         "the server runs, or raise publish_timeout"
                     )
                 )
@@ -647,6 +634,9 @@ class RedisDriver:
                 name="runa-redis-health",
             )
 
+    def _describe(self, exc: BaseException | None) -> str:
+        return describe_error(exc, url_secrets(self.settings.url))
+
     async def _send_subscribe(self, keys: list[tuple[bool, bytes]]) -> None:
         conn = self._sub_conn
         assert conn is not None
@@ -657,7 +647,7 @@ class RedisDriver:
             await conn.send_packed_command(packed, check_health=False)
 
     async def _read_loop(self, conn: AbstractConnection) -> None:
-        backoff = _Backoff()
+        backoff = _backoff()
         down_since: float | None = None
         loop = asyncio.get_running_loop()
         while True:
@@ -685,7 +675,7 @@ class RedisDriver:
                     log.warning(
                         "cannot connect the subscriber to Redis at %s (%s); retrying",
                         self.settings.redacted_url,
-                        _describe(exc),
+                        self._describe(exc),
                     )
                 await asyncio.sleep(backoff.delay())
                 continue
@@ -709,7 +699,7 @@ class RedisDriver:
                 log.warning(
                     "lost the subscriber connection to Redis at %s (%s); reconnecting",
                     self.settings.redacted_url,
-                    _describe(exc),
+                    self._describe(exc),
                 )
             finally:
                 self._sub_live = False
@@ -811,10 +801,3 @@ def _abort(conn: AbstractConnection) -> None:
     writer = getattr(conn, "_writer", None)
     if writer is not None:
         writer.transport.abort()
-
-
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "unknown error"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from runa_message.driver import Capabilities
 from runa_message.hookspecs import hookimpl
 from runa_message.plugins import DriverDescription
+
+from .settings import CAPABILITIES
 
 if TYPE_CHECKING:
     from .driver import RedisDriver
@@ -20,12 +21,6 @@ __all__ = ["CAPABILITIES", "NAME", "runa_message_driver", "runa_message_driver_d
 
 #: The entry point name: what users write in ``driver = "redis"``.
 NAME = "redis"
-
-#: Redis pub/sub: glob wildcards (filtered exactly by the registry), broadcast only,
-#: at-most-once, nothing kept for absent subscribers.
-CAPABILITIES = Capabilities(
-    wildcards=True, groups=False, ack=False, persistent=False, max_topic_length=None
-)
 
 
 @hookimpl

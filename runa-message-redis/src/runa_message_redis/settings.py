@@ -8,15 +8,22 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
-from runa_message.config import structure_settings
+from runa_message.config import positive, structure_settings
+from runa_message.driver import Capabilities
 from runa_message.redact import redact_url
 
-__all__ = ["DEFAULT_PREFIX", "DEFAULT_URL", "RedisSettings"]
+__all__ = ["CAPABILITIES", "DEFAULT_PREFIX", "DEFAULT_URL", "RedisSettings"]
 
 #: The local Redis server, database 0.
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 #: Channel prefix, the same as Go runa's Redis driver.
 DEFAULT_PREFIX = "runa:message:"
+
+#: Redis pub/sub: glob wildcards (filtered exactly by the registry), broadcast only,
+#: at-most-once, nothing kept for absent subscribers.
+CAPABILITIES = Capabilities(
+    wildcards=True, groups=False, ack=False, persistent=False, max_topic_length=None
+)
 
 _SCHEMES = ("redis", "rediss")
 
@@ -59,17 +66,6 @@ def _check_prefix(_instance: Any, _attribute: Any, value: str) -> None:
         raise ValueError(f"prefix: {value!r} holds whitespace or a control character; remove it")
 
 
-def _positive(name: str, *, zero: bool = False) -> Any:
-    def check(_instance: Any, _attribute: Any, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name}: expected a number of seconds, got {type(value).__name__}")
-        if value < 0 or (value == 0 and not zero) or value != value:
-            least = "0 (off) or more" if zero else "more than 0"
-            raise ValueError(f"{name}: must be {least} seconds, got {value!r}")
-
-    return check
-
-
 def _optional_str(name: str) -> Any:
     def check(_instance: Any, _attribute: Any, value: str | None) -> None:
         if value is not None and (not isinstance(value, str) or not value):
@@ -97,10 +93,8 @@ class RedisSettings:
 
     url: str = attrs.field(default=DEFAULT_URL, validator=_check_url, repr=redact_url)
     prefix: str = attrs.field(default=DEFAULT_PREFIX, validator=_check_prefix)
-    publish_timeout: float = attrs.field(default=5.0, validator=_positive("publish_timeout"))
-    health_check_interval: float = attrs.field(
-        default=30.0, validator=_positive("health_check_interval", zero=True)
-    )
+    publish_timeout: float = attrs.field(default=5.0, validator=positive())
+    health_check_interval: float = attrs.field(default=30.0, validator=positive(zero=True))
     tls_ca_file: str | None = attrs.field(default=None, validator=_optional_str("tls_ca_file"))
     tls_cert_file: str | None = attrs.field(default=None, validator=_optional_str("tls_cert_file"))
     tls_key_file: str | None = attrs.field(default=None, validator=_optional_str("tls_key_file"))

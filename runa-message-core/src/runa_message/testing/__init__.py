@@ -3,6 +3,8 @@
 - :class:`DriverConformance`: the pytest test class every driver's tests subclass
   (see :mod:`runa_message.testing.conformance`).
 - :class:`TcpProxy`: a loopback proxy that cuts, refuses and restores connections.
+- :func:`closed_port` (nothing listens there) and :func:`free_port` (to start a private
+  server on): loopback TCP ports.
 - :func:`in_memory`: run an application's registry on the memory driver in unit tests,
   recording what it published (:class:`InMemory`, :class:`Recorder`); the pytest fixtures
   ``message_registry`` and ``message_memory`` wrap it.
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .conformance import Conformance, DriverConformance
     from .inbox import ErrorInbox, Inbox
+    from .ports import closed_port, free_port
     from .proxy import TcpProxy
     from .recorder import InMemory, Recorder, in_memory
 
@@ -29,6 +32,8 @@ __all__ = [
     "Inbox",
     "Recorder",
     "TcpProxy",
+    "closed_port",
+    "free_port",
     "in_memory",
 ]
 
@@ -41,6 +46,8 @@ _WHERE = {
     "InMemory": "recorder",
     "Recorder": "recorder",
     "in_memory": "recorder",
+    "closed_port": "ports",
+    "free_port": "ports",
 }
 
 

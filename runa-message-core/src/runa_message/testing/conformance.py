@@ -71,6 +71,7 @@ import pytest_asyncio
 from runa_message.driver import Capabilities, Driver, Subscription
 from runa_message.errors import (
     ClosedError,
+    ConnectError,
     DecodeError,
     MessageError,
     PublishError,
@@ -82,6 +83,7 @@ from runa_message.registry import ALL, Registry
 from runa_message.topic import match_topic
 
 from .inbox import ErrorInbox, FrameInbox, Inbox
+from .ports import closed_port
 from .proxy import TcpProxy
 
 __all__ = [
@@ -985,6 +987,37 @@ class DriverConformance:
                     f"PublishError after {elapsed:.2f}s, over publish_timeout={self.publish_timeout}"
                 )
         await conformance.publish_until_received(probe, inbox, "publishing to work again")
+
+    @_case(network=True)
+    async def test_start_against_a_closed_port_raises_connect_error(
+        self, conformance: Conformance
+    ) -> None:
+        """Starting against a port nothing listens on raises ConnectError within ``timeout``.
+
+        The registry can be closed afterwards.
+        """
+        address = ("127.0.0.1", closed_port())
+        registry = conformance.registry(conformance.driver(address=address))
+        try:
+            await asyncio.wait_for(registry.start(), self.timeout)
+        except ConnectError:
+            pass
+        except asyncio.TimeoutError:
+            raise AssertionError(
+                f"start() against {address[0]}:{address[1]}, where nothing listens, still "
+                f"waiting after {self.timeout:g}s: it must raise ConnectError"
+            ) from None
+        except Exception as exc:
+            raise AssertionError(
+                f"start() against {address[0]}:{address[1]}, where nothing listens, raised "
+                f"{type(exc).__name__}: {exc}; it must raise runa_message.ConnectError"
+            ) from exc
+        else:
+            raise AssertionError(
+                f"start() against {address[0]}:{address[1]}, where nothing listens, returned: "
+                "it must raise ConnectError"
+            )
+        await _gather_within(self.timeout, registry.close())
 
     @_case(ack=True)
     async def test_failing_message_is_retried_a_bounded_number_of_times(
