@@ -249,6 +249,15 @@ def goals(records: Sequence[Record]) -> list[dict[str, Any]]:
         measured = runa / peer if runa is not None and peer else None
         result.append(_goal(text, measured, op, target, "×"))
 
+    ratio_goal(
+        "memory: throughput runa (typed attrs) / broadcaster (strings)",
+        "memory",
+        "throughput",
+        "",
+        "broadcaster",
+        "≥",
+        1.5,
+    )
     memory_case = next((r.case for r in records if r.workload == "memory"), "")
     runa_mem = get("memory", "memory", memory_case, "runa")
     bc_mem = get("memory", "memory", memory_case, "broadcaster")
@@ -275,11 +284,15 @@ def goals(records: Sequence[Record]) -> list[dict[str, Any]]:
         0.8,
     )
     ratio_goal(
+        "redis: throughput runa / raw sequential", "redis", "throughput", "", "raw", "≥", 0.9
+    )
+    ratio_goal(
         "nats: throughput runa / FastStream", "nats", "throughput", "", "faststream", "≥", 3.0
     )
     ratio_goal(
         "amqp: throughput runa / FastStream", "amqp", "throughput", "", "faststream", "≥", 1.5
     )
+    ratio_goal("amqp: throughput runa / raw aio-pika", "amqp", "throughput", "", "raw", "≥", 0.9)
     ratio_goal(
         "mqtt: throughput runa / FastStream", "mqtt", "throughput", "", "faststream", "≥", 2.0
     )
