@@ -387,11 +387,17 @@ async def test_injected_client_is_used_and_never_disconnected(
     def on_message(c: mqtt.Client, u: Any, m: mqtt.MQTTMessage) -> None:
         loop.call_soon_threadsafe(got.set_result, m.payload)
 
+    subscribed: asyncio.Future[None] = loop.create_future()
+
+    def on_subscribe(c: mqtt.Client, u: Any, *rest: Any) -> None:
+        loop.call_soon_threadsafe(subscribed.set_result, None)
+
     client.on_message = on_message
+    client.on_subscribe = on_subscribe
     client.loop_start()
     try:
         client.subscribe("runa/message/" + topic.replace(".", "/") + "/back", qos=1)
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(subscribed, TIMEOUT)
         client.publish("runa/message/" + topic.replace(".", "/") + "/back", b"mine", qos=1)
         assert await asyncio.wait_for(got, TIMEOUT) == b"mine"
     finally:
