@@ -132,8 +132,8 @@ def parse(path: Path) -> list[Block]:
 
 
 def pages() -> list[Path]:
-    """README.md, then every page of the docs."""
-    found = [ROOT / "README.md"]
+    """README.md, each distribution's README, then every page of the docs."""
+    found = [ROOT / "README.md", *sorted(ROOT.glob("runa-message-*/README.md"))]
     return found + sorted(DOCS.rglob("*.md"))
 
 
