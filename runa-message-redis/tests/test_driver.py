@@ -349,9 +349,11 @@ async def test_cancelled_publish_is_not_sent(
     task.cancel()
     kept = envelope(f"{topic}.b")
     await redis_driver.publish(kept.topic, kept)
-    frames = await handler.wait_for(1)
-    await asyncio.sleep(0.05)  # nothing else is on its way: give a stray frame the chance to show
-    assert [wire.decode(f).id for f in frames] == [kept.id]
+    # One connection keeps publish order: a stray cancelled frame would arrive before this one.
+    sentinel = envelope(f"{topic}.c")
+    await redis_driver.publish(sentinel.topic, sentinel)
+    frames = await handler.wait_for(2)
+    assert [wire.decode(f).id for f in frames] == [kept.id, sentinel.id]
 
 
 # ---------------------------------------------------------------- outages
