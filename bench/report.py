@@ -249,15 +249,16 @@ def goals(records: Sequence[Record]) -> list[dict[str, Any]]:
         measured = runa / peer if runa is not None and peer else None
         result.append(_goal(text, measured, op, target, "×"))
 
-    ratio_goal(
-        "memory: throughput runa (typed attrs) / broadcaster (strings)",
-        "memory",
-        "throughput",
-        "",
-        "broadcaster",
-        "≥",
-        1.5,
-    )
+    for target in (1.0, 1.5):  # at least broadcaster's rate; half as much again
+        ratio_goal(
+            "memory: throughput runa (typed attrs) / broadcaster (strings)",
+            "memory",
+            "throughput",
+            "",
+            "broadcaster",
+            "≥",
+            target,
+        )
     memory_case = next((r.case for r in records if r.workload == "memory"), "")
     runa_mem = get("memory", "memory", memory_case, "runa")
     bc_mem = get("memory", "memory", memory_case, "broadcaster")

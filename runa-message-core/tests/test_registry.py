@@ -704,34 +704,3 @@ async def test_handler_annotation_must_be_a_message() -> None:
 
     with pytest.raises(MessageError, match="takes no argument"):
         registry.subscribe("default", "t", none)
-
-
-def test_ids_are_unique_across_processes() -> None:
-    import subprocess
-    import sys
-
-    code = "from runa_message.ids import new_id; print('\\n'.join(new_id() for _ in range(2000)))"
-    runs = [
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        for _ in range(3)
-    ]
-    ids = [line for run in runs for line in run.stdout.split()]
-    assert len(ids) == 6000
-    assert len(set(ids)) == 6000
-    assert all(len(i) == 32 for i in ids)
-
-
-def test_ids_differ_in_a_forked_child() -> None:
-    import os
-
-    from runa_message.ids import new_id
-
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.write(write, new_id().encode())
-        os._exit(0)
-    os.waitpid(pid, 0)
-    child = os.read(read, 64).decode()
-    parent = new_id()
-    assert child[:20] != parent[:20]

@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 
 class Buffer(Generic[T]):
-    """Holds at most ``size`` items; :meth:`put` waits while it is full."""
+    """Holds at most ``size`` items (never None); :meth:`put` waits while it is full."""
 
     __slots__ = ("_getters", "_idle", "_items", "_low", "_putters", "_size", "_unfinished")
 
@@ -54,16 +54,17 @@ class Buffer(Generic[T]):
 
     async def get(self) -> T:
         """Take the oldest item, waiting while the buffer is empty."""
-        while not self._items:
+        item = self.poll()
+        while item is None:
             await _wait(self._getters)
-        return self._take()
+            item = self.poll()
+        return item
 
     def poll(self) -> T | None:
         """Take the oldest item without waiting; None when the buffer is empty."""
-        return self._take() if self._items else None
-
-    def _take(self) -> T:
         items = self._items
+        if not items:
+            return None
         item = items.popleft()
         if self._putters and len(items) <= self._low:
             _wake(self._putters, one=False)

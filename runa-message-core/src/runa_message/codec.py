@@ -8,6 +8,7 @@ primitives and containers with cattrs, and into pydantic models when pydantic is
 from __future__ import annotations
 
 import decimal
+import functools
 import sys
 import uuid
 from collections.abc import Callable
@@ -18,9 +19,11 @@ import cattrs
 import orjson
 from cattrs.preconf.orjson import make_converter
 
+from . import roundtrip
 from .errors import DecodeError, EncodeError
+from .roundtrip import Reusable
 
-__all__ = ["Codec", "JSONCodec", "RawCodec", "converter", "type_name"]
+__all__ = ["CODECS", "JSON", "RAW", "Codec", "JSONCodec", "RawCodec", "converter", "type_name"]
 
 Decoder = Callable[[bytes], Any]
 
@@ -70,6 +73,9 @@ def _make_converter() -> cattrs.Converter:
     return conv
 
 
+# A converter with the library's hooks only, made once, to tell a user's hooks from them.
+_reference = functools.cache(_make_converter)
+
 #: The cattrs converter the JSON codec uses; register hooks on it for your own types.
 converter: cattrs.Converter = _make_converter()
 
@@ -110,6 +116,14 @@ class JSONCodec:
     # ten thousand subscriptions of one type share one decoder.
     _decoders: dict[Any, Decoder] = attrs.field(factory=dict, init=False, repr=False, eq=False)
     _fast: list[cattrs.Converter] = attrs.field(factory=list, init=False, repr=False, eq=False)
+    _reusable: dict[Any, Reusable | None] = attrs.field(
+        factory=dict, init=False, repr=False, eq=False
+    )
+    # orjson's fallback for values it cannot serialize, bound once instead of per call.
+    _default: Callable[[Any], Any] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_default", self._unstructure)
 
     def encode(self, value: Any) -> bytes:
         """Return ``value`` as JSON; attrs, dataclasses and pydantic models are unstructured."""
@@ -123,7 +137,7 @@ class JSONCodec:
                 else None
             )
         try:
-            return orjson.dumps(value if hook is None else hook(value), default=self._unstructure)
+            return orjson.dumps(value if hook is None else hook(value), default=self._default)
         except TypeError as exc:
             raise EncodeError(
                 f"cannot encode a {type(value).__name__} as JSON ({exc}): publish an attrs "
@@ -136,6 +150,21 @@ class JSONCodec:
         if result is value:
             raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
         return result
+
+    def reusable(self, type_: Any) -> Reusable | None:
+        """A test of whether a value decodes from its own JSON into itself, or None.
+
+        The memory driver hands such a value to subscriptions of ``type_`` as it is instead
+        of decoding its bytes; :mod:`runa_message.roundtrip` says which types and values
+        qualify (immutable ones that come back equal).
+        """
+        try:
+            return self._reusable[type_]
+        except KeyError:
+            made = self._reusable[type_] = roundtrip.reusable(self.converter, _reference(), type_)
+            return made
+        except TypeError:  # an unhashable type annotation
+            return None
 
     def decode(self, data: bytes, type_: Any) -> Any:
         """Return ``data`` parsed as JSON and structured into ``type_``."""
@@ -244,3 +273,11 @@ def decoder_for(codec: Codec, type_: Any) -> Decoder:
     if make is not None:
         return make(type_)  # type: ignore[no-any-return]
     return lambda data: codec.decode(data, type_)
+
+
+#: The JSON codec every broker uses unless configured otherwise.
+JSON = JSONCodec()
+#: The raw codec of ``publish_raw``.
+RAW = RawCodec()
+#: The built-in codecs by short name (as config and ``codec=`` spell them) and content type.
+CODECS: dict[str, Codec] = {"json": JSON, "raw": RAW, JSON.name: JSON, RAW.name: RAW}

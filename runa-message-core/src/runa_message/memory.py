@@ -1,16 +1,20 @@
 """The in-memory driver: same-process broadcasts with the semantics of the network drivers.
 
 Messages never leave the process and are never encoded to frames: the envelope itself is
-handed to each subscription. Wildcards, groups (round robin over the members of a group
-with the same pattern) and backpressure (``publish`` waits for a full subscriber) behave
-as on the brokers. This module is also the driver's entry-point plugin (``memory``).
+handed to each subscription. A value the default JSON codec would decode back into itself
+(:meth:`runa_message.JSONCodec.reusable`) travels as its :class:`~runa_message.Message`,
+not encoded at all, and subscriptions of its type hand that message to their handlers.
+Wildcards, groups (round robin over the members of a group with the same pattern) and
+backpressure (``publish`` waits for a full subscriber) behave as on the brokers. This
+module is also the driver's entry-point plugin (``memory``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import attrs
@@ -19,8 +23,9 @@ from .config import structure_settings
 from .driver import Capabilities, Handler
 from .errors import ClosedError, DecodeError
 from .hookspecs import hookimpl
-from .message import Envelope
+from .message import Envelope, Message, local_envelope
 from .plugins import DriverDescription
+from .subscription import SubscriptionRuntime
 from .topic import TopicIndex
 
 __all__ = ["MemoryDriver", "MemorySettings"]
@@ -32,32 +37,54 @@ class MemorySettings:
 
 
 class _Member:
-    """One subscription's handler, and its optional way to take an envelope without awaiting."""
+    """One subscription's handler, and its way to take an envelope without awaiting."""
 
     __slots__ = ("handler", "offer")
 
     def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.offer: Callable[[Envelope], bool] = getattr(handler, "offer", _never)
+        self.handler: Callable[[Envelope | Message[Any] | bytes], Awaitable[None]]
+        self.offer: Callable[[Envelope | Message[Any]], bool]
+        if isinstance(handler, SubscriptionRuntime):
+            self.handler = handler
+            self.offer = handler.offer
+        else:  # any other handler gets plain envelopes, as from a network driver
+
+            async def plain(frame: Envelope | Message[Any] | bytes) -> None:
+                await handler(local_envelope(frame) if isinstance(frame, Message) else frame)
+
+            self.handler = plain
+            self.offer = _never
 
 
-def _never(envelope: Envelope) -> bool:
+def _never(envelope: Envelope | Message[Any]) -> bool:
     return False
 
 
 class _Target:
     """A broadcast subscription, or all members of one group on one pattern."""
 
-    __slots__ = ("_turn", "members", "pattern")
+    __slots__ = ("_turn", "members", "only", "pattern")
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
         self.members: list[_Member] = []
+        #: The member when there is exactly one (a broadcast subscription), else None.
+        self.only: _Member | None = None
         self._turn = itertools.count()
 
+    def join(self, member: _Member) -> None:
+        self.members.append(member)
+        self.only = member if len(self.members) == 1 else None
+
+    def leave(self, member: _Member) -> None:
+        if member in self.members:
+            self.members.remove(member)
+        self.only = self.members[0] if len(self.members) == 1 else None
+
     def pick(self) -> _Member:
+        """The next member in turn."""
         members = self.members
-        return members[0] if len(members) == 1 else members[next(self._turn) % len(members)]
+        return members[next(self._turn) % len(members)]
 
 
 class _MemorySubscription:
@@ -78,10 +105,16 @@ class MemoryDriver:
 
     capabilities = Capabilities(wildcards=True, groups=True, ack=False, persistent=False)
 
+    #: Deliveries in a row after which ``publish`` lets the event loop run once, so that
+    #: handlers start while a publisher that never waits is still publishing.
+    burst = 128
+
     def __init__(self, settings: MemorySettings | None = None) -> None:
         self._index: TopicIndex[_Target] = TopicIndex()
+        self._routes = self._index.cache  # topic -> targets, filled by match()
         self._groups: dict[tuple[str, str], _Target] = {}
         self._closed: bool = False
+        self._delivered = 0
 
     def __repr__(self) -> str:
         return "MemoryDriver()"
@@ -90,12 +123,47 @@ class MemoryDriver:
         """Nothing to connect."""
         self._closed = False
 
-    async def publish(self, topic: str, envelope: Envelope) -> None:
+    async def publish(self, topic: str, envelope: Envelope | Message[Any]) -> None:
         """Hand ``envelope`` to every subscription that matches ``topic`` (one member per group)."""
+        rest = self.deliver(topic, envelope)
+        if rest is not None:
+            await rest
+
+    def deliver(
+        self, topic: str, envelope: Envelope | Message[Any]
+    ) -> Coroutine[Any, Any, None] | None:
+        """:meth:`publish` without a coroutine while every subscription has room.
+
+        Returns None when ``envelope`` was handed to every subscription, else a coroutine to
+        await: the one that hands it to the rest (waiting for room), or, after
+        :attr:`burst` deliveries in a row, one pass of the event loop.
+        """
         if self._closed:
             raise ClosedError("memory driver is closed")
-        for target in self._index.match(topic):
-            member = target.pick()
+        targets = self._routes.get(topic)
+        if targets is None:
+            targets = self._index.match(topic)
+        for target in targets:
+            member = target.only or target.pick()
+            if not member.offer(envelope):
+                self._delivered = 0
+                return self._deliver_rest(targets, target, member, envelope)
+        self._delivered += 1
+        if self._delivered >= self.burst:
+            self._delivered = 0
+            return asyncio.sleep(0)
+        return None
+
+    async def _deliver_rest(
+        self,
+        targets: tuple[_Target, ...],
+        target: _Target,
+        member: _Member,
+        envelope: Envelope | Message[Any],
+    ) -> None:
+        await member.handler(envelope)
+        for later in targets[targets.index(target) + 1 :]:
+            member = later.pick()
             if not member.offer(envelope):
                 await member.handler(envelope)
 
@@ -121,12 +189,11 @@ class MemoryDriver:
         else:
             target = found
         member = _Member(handler)
-        target.members.append(member)
+        target.join(member)
         return _MemorySubscription(self, target, member, key)
 
     def _remove(self, target: _Target, handler: _Member, key: Any) -> None:
-        if handler in target.members:
-            target.members.remove(handler)
+        target.leave(handler)
         if not target.members:
             self._index.remove(target.pattern, target)
             if key is not None:
@@ -136,6 +203,7 @@ class MemoryDriver:
         """Drop every subscription; publishing afterwards raises :class:`ClosedError`."""
         self._closed = True
         self._index = TopicIndex()
+        self._routes = self._index.cache
         self._groups.clear()
 
 

@@ -8,6 +8,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 
+from .codec import JSON
 from .ids import now
 
 __all__ = [
@@ -44,7 +45,7 @@ class Envelope:
     created_at: datetime = attrs.field(factory=now)
 
 
-@attrs.frozen(slots=True)
+@attrs.frozen(slots=True, init=False)
 class Message(Generic[T]):
     """A message as a handler sees it: the payload decoded into ``T``.
 
@@ -56,6 +57,35 @@ class Message(Generic[T]):
     payload: T
     headers: Mapping[str, Any]
     created_at: datetime
+
+    def __init__(
+        self, id: str, topic: str, payload: T, headers: Mapping[str, Any], created_at: datetime
+    ) -> None:
+        # One is made per delivery: the slots are set directly, which costs a fifth less
+        # than the generated frozen __init__ (no fields have defaults or validators).
+        _set_id(self, id)
+        _set_topic(self, topic)
+        _set_payload(self, payload)
+        _set_headers(self, headers)
+        _set_created_at(self, created_at)
+
+
+_set_id, _set_topic, _set_payload, _set_headers, _set_created_at = (
+    Message.__dict__[field.name].__set__ for field in attrs.fields(Message)
+)
+
+
+def local_envelope(message: Message[Any]) -> Envelope:
+    """The :class:`Envelope` of a message the memory driver carries as it was published.
+
+    In process, a value the default JSON codec vouches for (see
+    :meth:`runa_message.JSONCodec.reusable`) travels as its :class:`Message`, not encoded;
+    whatever needs the envelope (another payload type, middleware, an envelope handler, an
+    error event) gets this one, with the same fields and the value's JSON bytes.
+    """
+    return Envelope(
+        message.id, message.topic, JSON.encode(message.payload), message.headers, message.created_at
+    )
 
 
 @attrs.frozen(slots=True)

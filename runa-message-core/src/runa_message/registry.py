@@ -14,13 +14,13 @@ import logging
 import os
 import typing
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, overload
 
 import attrs
 
 from . import plugins
-from .codec import Codec, JSONCodec, RawCodec, decoder_for, type_name
+from .codec import CODECS, JSON, RAW, Codec, decoder_for, type_name
 from .config import Config, load_config
 from .driver import Driver, Subscription
 from .errors import (
@@ -34,7 +34,9 @@ from .errors import (
 )
 from .hooks import ErrorHook, Hooks, PublishHook
 from .ids import new_id, now
+from .memory import MemoryDriver
 from .message import BrokerInfo, Envelope, Message, PublishEvent, SubscriptionInfo
+from .roundtrip import Reusable
 from .subscription import Middleware, SubscriptionRuntime
 from .topic import is_pattern, validate_pattern, validate_topic
 
@@ -46,6 +48,9 @@ log = logging.getLogger("runa_message.registry")
 ALL = "*"
 
 PublishNext = Callable[[str, Envelope], Awaitable[None]]
+_UNKNOWN: Any = object()  # a payload type the JSON codec was not asked about yet
+# Per payload type, the JSON codec's test of values that may travel in process as Messages.
+_REUSABLE: dict[type, Reusable | None] = {}
 #: Publish middleware: ``async def mw(topic, envelope, call_next) -> None``.
 PublishMiddleware = Callable[[str, Envelope, PublishNext], Awaitable[None]]
 Handler = Callable[[Any], Awaitable[None] | None]
@@ -53,8 +58,6 @@ H = TypeVar("H", bound=Handler)
 
 _DEFAULT = "default"
 _MEMORY = "memory"
-_CODECS: dict[str, Codec] = {"json": JSONCodec(), "raw": RawCodec()}
-_CODECS.update({codec.name: codec for codec in list(_CODECS.values())})
 
 
 @attrs.define
@@ -93,6 +96,8 @@ class _BrokerRuntime:
     send: PublishNext
     max_topic_length: int | None
     valid_topics: set[str] = attrs.field(factory=set)
+    #: The memory driver, when publish may hand it a Message (nothing needs the Envelope).
+    local: MemoryDriver | None = None
 
 
 class Registry:
@@ -405,7 +410,7 @@ class Registry:
 
     def _runtime_of(self, spec: _SubscriptionSpec, runtime: _BrokerRuntime) -> SubscriptionRuntime:
         broker = self._brokers[spec.broker]
-        codecs = {codec.name: codec for codec in (*_CODECS.values(), runtime.codec)}
+        codecs = {codec.name: codec for codec in (*CODECS.values(), runtime.codec)}
         return SubscriptionRuntime(
             broker=spec.broker,
             pattern=spec.pattern,
@@ -458,7 +463,7 @@ class Registry:
         if codec is None and table is not None and table.codec is not None:
             codec = _codec(table.codec, f"{self._config_source}: message.brokers.{name}.codec")
         meta = {**(table.meta or {} if table else {}), **spec.meta}
-        return driver, codec or _CODECS["json"], meta
+        return driver, codec or JSON, meta
 
     @property
     def _config_source(self) -> str:
@@ -495,10 +500,12 @@ class Registry:
                 driver.publish,
                 driver.capabilities.max_topic_length,
             )
-            runtime.send = _publish_chain(
-                [*self._global.publish_middlewares, *spec.publish_middlewares],
-                runtime,
-            )
+            publish_middlewares = [*self._global.publish_middlewares, *spec.publish_middlewares]
+            runtime.send = _publish_chain(publish_middlewares, runtime)
+            # Exactly the memory driver (a subclass may change publish): nothing between
+            # publish and the driver needs an Envelope, so a Message may go in its place.
+            if type(driver) is MemoryDriver and not publish_middlewares and not hooks.on_publish:
+                runtime.local = driver
             runtimes[name] = runtime
         return runtimes
 
@@ -626,8 +633,20 @@ class Registry:
         if topic not in runtime.valid_topics:
             self._validate_topic(runtime, topic)
         use = runtime.codec if codec is None else _codec(codec, "publish: codec")
-        data = use.encode(payload)
         head = {**headers, "content-type": use.name} if headers else {"content-type": use.name}
+        local = runtime.local
+        if local is not None and use is JSON:
+            fits = _REUSABLE.get(type(payload), _UNKNOWN)
+            if fits is _UNKNOWN:
+                fits = _REUSABLE[type(payload)] = JSON.reusable(type(payload))
+            if fits is not None and fits(payload):
+                # In process, a value that decodes back into itself travels as its Message.
+                message = Message(new_id(), topic, payload, head, now())
+                rest = local.deliver(topic, message)  # raises only ClosedError
+                if rest is not None:
+                    await rest
+                return message.id
+        data = use.encode(payload)
         envelope = Envelope(new_id(), topic, data, head, now())
         try:
             await runtime.send(topic, envelope)
@@ -642,7 +661,7 @@ class Registry:
         self, broker: str, topic: str, data: bytes, headers: Mapping[str, Any] | None = None
     ) -> str:
         """Publish ``data`` as it is (``application/octet-stream``); return the message id."""
-        return await self.publish(broker, topic, data, headers, _CODECS["raw"])
+        return await self.publish(broker, topic, data, headers, RAW)
 
     def _validate_topic(self, runtime: _BrokerRuntime, topic: str) -> None:
         validate_topic(topic, runtime.max_topic_length)
@@ -711,21 +730,22 @@ class Broker:
     def __repr__(self) -> str:
         return f"<Broker {self.name!r}>"
 
-    async def publish(
+    # Not `async def`: the registry's coroutine is returned as it is, one frame less.
+    def publish(
         self,
         topic: str,
         payload: Any,
         headers: Mapping[str, Any] | None = None,
         codec: Codec | str | None = None,
-    ) -> str:
-        """Publish on this broker; see :meth:`Registry.publish`."""
-        return await self.registry.publish(self.name, topic, payload, headers, codec)
+    ) -> Coroutine[Any, Any, str]:
+        """Publish on this broker (await it); see :meth:`Registry.publish`."""
+        return self.registry.publish(self.name, topic, payload, headers, codec)
 
-    async def publish_raw(
+    def publish_raw(
         self, topic: str, data: bytes, headers: Mapping[str, Any] | None = None
-    ) -> str:
-        """Publish bytes on this broker; see :meth:`Registry.publish_raw`."""
-        return await self.registry.publish_raw(self.name, topic, data, headers)
+    ) -> Coroutine[Any, Any, str]:
+        """Publish bytes on this broker (await it); see :meth:`Registry.publish_raw`."""
+        return self.registry.publish(self.name, topic, data, headers, RAW)
 
     def subscribe(self, topic: str, handler: Any = None, **options: Any) -> Any:
         """Subscribe on this broker; see :meth:`Registry.subscribe`."""
@@ -755,7 +775,7 @@ class Broker:
 def _codec(codec: Codec | str, where: str) -> Codec:
     if not isinstance(codec, str):
         return codec
-    found = _CODECS.get(codec)
+    found = CODECS.get(codec)
     if found is None:
         raise ConfigError(
             f"{where}: unknown codec {codec!r}; use 'json', 'raw', a content type of those, "

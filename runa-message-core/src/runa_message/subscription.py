@@ -15,10 +15,10 @@ from typing import Any
 
 from . import wire
 from .buffer import Buffer
-from .codec import Codec, Decoder, decoder_for
+from .codec import JSON, Codec, Decoder, decoder_for
 from .errors import DecodeError
 from .hooks import Hooks
-from .message import Envelope, ErrorEvent, Message, Outcome
+from .message import Envelope, ErrorEvent, Message, Outcome, local_envelope
 from .topic import compile_pattern
 
 __all__ = ["Middleware", "SubscriptionRuntime", "build_chain"]
@@ -47,6 +47,10 @@ def _link(middleware: Middleware, call_next: Next) -> Next:
         return middleware(envelope, call_next)
 
     return step
+
+
+class _NO_TYPE:
+    """The reusable payload type of a subscription whose type can never be reused."""
 
 
 class SubscriptionRuntime:
@@ -85,12 +89,16 @@ class SubscriptionRuntime:
         else:
             self._decoders = {name: decoder_for(c, payload) for name, c in codecs.items()}
             self._default_decoder = decoder_for(default_codec, payload)
+        # In process, the memory driver carries a value the default JSON codec vouches for
+        # as its Message: a subscription of that type decoding JSON with that codec takes it.
+        json = codec if codec is not None else codecs.get(JSON.name)
+        self._reuse_type = payload if json is JSON and JSON.reusable(payload) else _NO_TYPE
         self._call = self._make_call(handler, wants_envelope)
         final = self._final_envelope if wants_envelope else self._final
         self._chain = build_chain(middlewares, final)
         # With no middleware the worker decodes and calls the handler itself: one coroutine less.
         self._direct = not middlewares and not wants_envelope
-        self._queue: Buffer[Envelope] = Buffer(buffer)
+        self._queue: Buffer[Envelope | Message[Any]] = Buffer(buffer)
         self._workers: list[asyncio.Task[None]] = []
         # Ack drivers only: at most `concurrency` handlers at once, and a count for join().
         self._semaphore = asyncio.Semaphore(concurrency) if ack else None
@@ -114,10 +122,16 @@ class SubscriptionRuntime:
     # -- the Handler protocol -------------------------------------------------------------
 
     async def __call__(
-        self, frame: Envelope | bytes, /, *, retry: bool = False, dead_letter: bool = False
+        self,
+        frame: Envelope | Message[Any] | bytes,
+        /,
+        *,
+        retry: bool = False,
+        dead_letter: bool = False,
     ) -> None:
         """Take one frame from the driver (see :mod:`runa_message.driver`)."""
-        if isinstance(frame, Envelope):
+        envelope: Envelope | Message[Any]
+        if isinstance(frame, (Envelope, Message)):
             envelope = frame
         elif frame is _last_frame[0]:  # the same frame handed to several subscriptions
             envelope = _last_frame[1]
@@ -145,6 +159,8 @@ class SubscriptionRuntime:
             if not self._queue.offer(envelope):
                 await self._queue.put(envelope)
             return
+        if isinstance(envelope, Message):
+            envelope = local_envelope(envelope)
         final: Outcome = "dead-lettered" if dead_letter else "dropped"
         outcome: Outcome = "retried" if retry else final
         # Counted from arrival, not from the slot: join() and close() wait for queued ones too.
@@ -162,7 +178,7 @@ class SubscriptionRuntime:
         finally:
             self._leave()
 
-    def offer(self, envelope: Envelope) -> bool:
+    def offer(self, envelope: Envelope | Message[Any]) -> bool:
         """Queue an envelope without a coroutine, for in-process drivers.
 
         False means "await the call instead": the buffer is full, the topic is new to this
@@ -170,8 +186,7 @@ class SubscriptionRuntime:
         """
         if self._ack:
             return False
-        topic = envelope.topic
-        selected = self._selected.get(topic)
+        selected = self._selected.get(envelope.topic)
         if selected is None:
             return False
         return not selected or self._queue.offer(envelope)
@@ -196,19 +211,26 @@ class SubscriptionRuntime:
         chain = self._chain
         direct = self._direct
         call = self._call
-        message = self._message
+        message_of = self._message
+        reuse_type = self._reuse_type
+        item: Envelope | Message[Any] | None
         while True:
             # Take what is there without a wait; only an empty buffer suspends the worker.
-            envelope = queue.poll()
-            if envelope is None:
-                envelope = await queue.get()
+            item = queue.poll()
+            if item is None:
+                item = await queue.get()
             try:
+                if isinstance(item, Message):  # published in this process (see __init__)
+                    if direct and type(item.payload) is reuse_type:
+                        await call(item)  # the published value, as decoding would give it
+                        continue
+                    item = local_envelope(item)
                 if direct:
-                    await call(message(envelope))
+                    await call(message_of(item))
                 else:
-                    await chain(envelope)
+                    await chain(item)
             except Exception as exc:
-                await self._report(exc, envelope, None, "dropped")
+                await self._report(exc, item, None, "dropped")
             finally:
                 queue.task_done()
 
@@ -249,10 +271,12 @@ class SubscriptionRuntime:
     async def _report(
         self,
         error: BaseException,
-        envelope: Envelope | None,
+        envelope: Envelope | Message[Any] | None,
         data: bytes | None,
         outcome: Outcome,
     ) -> None:
+        if isinstance(envelope, Message):
+            envelope = local_envelope(envelope)
         topic = envelope.topic if envelope is not None else self.pattern
         event = ErrorEvent(self.broker, topic, self.consumer, envelope, data, error, outcome)
         await self._hooks.error(event)

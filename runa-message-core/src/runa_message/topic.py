@@ -175,11 +175,13 @@ class TopicIndex(Generic[V]):
     trailing ``#``. Lookups of topics already seen come from a bounded cache.
     """
 
-    __slots__ = ("_cache", "_cache_size", "_root")
+    __slots__ = ("_cache_size", "_root", "cache")
 
     def __init__(self, cache_size: int = 4096) -> None:
         self._root = _Node[V]()
-        self._cache: dict[str, tuple[V, ...]] = {}
+        #: What :meth:`match` returned for topics looked up since the index last changed
+        #: (the same dict for the index's life): a hot path may look here first.
+        self.cache: dict[str, tuple[V, ...]] = {}
         self._cache_size = cache_size
 
     def add(self, pattern: str, value: V) -> None:
@@ -193,7 +195,7 @@ class TopicIndex(Generic[V]):
             node = node.child(seg)
         else:
             node.values.append(value)
-        self._cache.clear()
+        self.cache.clear()
 
     def remove(self, pattern: str, value: V) -> None:
         """Remove ``value`` from under ``pattern`` (no error when it is not there)."""
@@ -208,18 +210,18 @@ class TopicIndex(Generic[V]):
         else:
             if node is not None:
                 _discard(node.values, value)
-        self._cache.clear()
+        self.cache.clear()
 
     def match(self, topic: str) -> tuple[V, ...]:
         """Return the values whose pattern selects ``topic``."""
-        found = self._cache.get(topic)
+        found = self.cache.get(topic)
         if found is None:
             hits: list[V] = []
             _walk(self._root, segments(topic), 0, hits)
             found = tuple(hits)
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()
-            self._cache[topic] = found
+            if len(self.cache) >= self._cache_size:
+                self.cache.clear()
+            self.cache[topic] = found
         return found
 
     def values(self) -> Iterable[V]:

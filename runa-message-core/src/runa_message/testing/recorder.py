@@ -24,17 +24,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from runa_message.app import App
-from runa_message.codec import Codec, JSONCodec, RawCodec
+from runa_message.codec import CODECS, Codec
 from runa_message.message import Envelope, ErrorEvent, PublishEvent
 from runa_message.registry import ALL, Registry
 from runa_message.topic import match_topic
 
 __all__ = ["InMemory", "Recorder", "in_memory"]
-
-_CODECS: dict[str, Codec] = {
-    "application/json": JSONCodec(),
-    "application/octet-stream": RawCodec(),
-}
 
 
 class Recorder:
@@ -100,7 +95,7 @@ class Recorder:
 
 def _codec_of(envelope: Envelope) -> Codec:
     content_type = envelope.headers.get("content-type", "application/json")
-    codec = _CODECS.get(content_type)
+    codec = CODECS.get(content_type)
     if codec is None:
         raise LookupError(
             f"no codec known for content type {content_type!r}: pass codec= to payloads()"
