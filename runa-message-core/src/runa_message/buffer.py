@@ -70,9 +70,9 @@ class Buffer(Generic[T]):
             _wake(self._putters, one=False)
         return item
 
-    def task_done(self) -> None:
-        """Mark one item taken by :meth:`get` as handled."""
-        self._unfinished -= 1
+    def task_done(self, count: int = 1) -> None:
+        """Mark ``count`` items taken by :meth:`get` or :meth:`poll` as handled."""
+        self._unfinished -= count
         if not self._unfinished and self._idle is not None:
             if not self._idle.done():
                 self._idle.set_result(None)

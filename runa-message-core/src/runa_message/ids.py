@@ -2,9 +2,9 @@
 
 An id is 32 lowercase hex digits: 80 random bits drawn once per process (drawn again in a
 forked child) followed by a 48-bit counter. Two processes share a prefix with a chance of
-about one in 2**40 even among a million of them, and making an id costs one counter step
-and one string concatenation (the counter's hex digits but the last two change once in
-256 ids), not a call into the operating system's random source.
+about one in 2**40 even among a million of them. Making an id costs a counter step and
+joining two strings (the hex digits of the counter's upper bits are remade once in 256
+ids), not a call into the operating system's random source.
 """
 
 from __future__ import annotations

@@ -214,10 +214,14 @@ class SubscriptionRuntime:
         message_of = self._message
         reuse_type = self._reuse_type
         item: Envelope | Message[Any] | None
+        handled = 0  # reported to the buffer in one call when it runs empty
         while True:
             # Take what is there without a wait; only an empty buffer suspends the worker.
             item = queue.poll()
             if item is None:
+                if handled:
+                    queue.task_done(handled)
+                    handled = 0
                 item = await queue.get()
             try:
                 if isinstance(item, Message):  # published in this process (see __init__)
@@ -232,7 +236,7 @@ class SubscriptionRuntime:
             except Exception as exc:
                 await self._report(exc, item, None, "dropped")
             finally:
-                queue.task_done()
+                handled += 1
 
     def _message(self, envelope: Envelope) -> Message[Any]:
         decode = self._decoders.get(envelope.headers.get("content-type"), self._default_decoder)
