@@ -16,7 +16,7 @@ import pytest
 
 import runa_message as message
 from runa_message import Envelope, ErrorEvent, Message, Registry
-from runa_message.codec import JSON
+from runa_message.codec import JSON, JSONCodec, converter
 from runa_message.memory import MemoryDriver
 from runa_message.testing.inbox import ErrorInbox, FrameInbox, Inbox
 
@@ -297,3 +297,23 @@ async def test_nothing_waits_forever_when_the_subscriber_is_slow() -> None:
         await asyncio.wait_for(publishing, TIMEOUT)
         await registry.join(TIMEOUT)
     assert sorted(seen) == list(range(20))
+
+
+async def test_a_subscription_decoding_with_its_own_json_codec_decodes() -> None:
+    """Brokers sharing a memory bus: the reader's codec, with its own hooks, does the decoding."""
+    own = converter.copy()
+    own.register_structure_hook(Notice, lambda data, _: Notice(data["id"], data["text"].upper()))
+    registry = Registry(None)
+    registry.register_driver("bus", MemoryDriver())
+    orders = registry.broker("orders", driver="bus")
+    registry.broker("billing", driver="bus", codec=JSONCodec(converter=own))
+    plain, hooked = Inbox(), Inbox()
+    orders.subscribe("notice.*", plain, payload=Notice)
+    registry.subscribe("billing", "notice.*", hooked, payload=Notice)
+    value = Notice(1, "hello")
+    async with registry:
+        await orders.publish("notice.created", value)
+        await plain.wait_for(1, TIMEOUT)
+        await hooked.wait_for(1, TIMEOUT)
+    assert plain.payloads[0] is value
+    assert hooked.payloads == [Notice(1, "HELLO")]
