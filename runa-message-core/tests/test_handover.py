@@ -7,7 +7,6 @@ what the network drivers give.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timezone
 from typing import Any
 
@@ -274,29 +273,6 @@ async def test_the_local_path_is_not_taken_for_a_memory_driver_subclass() -> Non
     await publish_one(registry, Notice(1, "x"), inbox)
     assert [type(e) for e in driver.published] == [Envelope]
     assert inbox.payloads == [Notice(1, "x")]
-
-
-async def test_nothing_waits_forever_when_the_subscriber_is_slow() -> None:
-    registry = Registry(None)
-    registry.buffer = 4
-    release = asyncio.Event()
-    seen: list[int] = []
-
-    @registry.subscribe("default", "count")
-    async def slow(msg: Message[int]) -> None:
-        await release.wait()
-        seen.append(msg.payload)
-
-    async with registry:
-        publishing = asyncio.ensure_future(
-            asyncio.gather(*(registry.publish("default", "count", n) for n in range(20)))
-        )
-        await asyncio.sleep(0)
-        assert not publishing.done()  # the buffer is full: publish waits
-        release.set()
-        await asyncio.wait_for(publishing, TIMEOUT)
-        await registry.join(TIMEOUT)
-    assert sorted(seen) == list(range(20))
 
 
 async def test_a_subscription_decoding_with_its_own_json_codec_decodes() -> None:
