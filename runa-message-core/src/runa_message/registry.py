@@ -49,7 +49,8 @@ ALL = "*"
 
 PublishNext = Callable[[str, Envelope], Awaitable[None]]
 _UNKNOWN: Any = object()  # a payload type the JSON codec was not asked about yet
-# Per payload type, the JSON codec's test of values that may travel in process as Messages.
+# Per payload type, the JSON codec's test of values that may travel in process as Messages
+# (JSON.reusable remembers them too; a plain dict spares the publish path a method call).
 _REUSABLE: dict[type, Reusable | None] = {}
 #: Publish middleware: ``async def mw(topic, envelope, call_next) -> None``.
 PublishMiddleware = Callable[[str, Envelope, PublishNext], Awaitable[None]]

@@ -49,8 +49,8 @@ def _link(middleware: Middleware, call_next: Next) -> Next:
     return step
 
 
-class _NO_TYPE:
-    """The reusable payload type of a subscription whose type can never be reused."""
+class _NoReuse:
+    """A type no payload has: the reuse type of a subscription that always decodes."""
 
 
 class SubscriptionRuntime:
@@ -91,8 +91,9 @@ class SubscriptionRuntime:
             self._default_decoder = decoder_for(default_codec, payload)
         # In process, the memory driver carries a value the default JSON codec vouches for
         # as its Message: a subscription of that type decoding JSON with that codec takes it.
-        json = codec if codec is not None else codecs.get(JSON.name)
-        self._reuse_type = payload if json is JSON and JSON.reusable(payload) else _NO_TYPE
+        json_codec = codec if codec is not None else codecs.get(JSON.name)
+        reusable = json_codec is JSON and JSON.reusable(payload) is not None
+        self._reuse_type = payload if reusable else _NoReuse
         self._call = self._make_call(handler, wants_envelope)
         final = self._final_envelope if wants_envelope else self._final
         self._chain = build_chain(middlewares, final)
@@ -179,10 +180,10 @@ class SubscriptionRuntime:
             self._leave()
 
     def offer(self, envelope: Envelope | Message[Any]) -> bool:
-        """Queue an envelope without a coroutine, for in-process drivers.
+        """Queue an envelope without a coroutine, for the memory driver.
 
         False means "await the call instead": the buffer is full, the topic is new to this
-        subscription, or the driver acknowledges. Optional: drivers look for it with getattr.
+        subscription, or the driver acknowledges.
         """
         if self._ack:
             return False
