@@ -116,14 +116,10 @@ class JSONCodec:
     # ten thousand subscriptions of one type share one decoder.
     _decoders: dict[Any, Decoder] = attrs.field(factory=dict, init=False, repr=False, eq=False)
     _fast: list[cattrs.Converter] = attrs.field(factory=list, init=False, repr=False, eq=False)
-    _reusable: dict[Any, Reusable | None] = attrs.field(
+    #: The :meth:`reusable` tests made so far, by type: a hot path may look here first.
+    reusable_tests: dict[Any, Reusable | None] = attrs.field(
         factory=dict, init=False, repr=False, eq=False
     )
-    # orjson's fallback for values it cannot serialize, bound once instead of per call.
-    _default: Callable[[Any], Any] = attrs.field(init=False, repr=False, eq=False)
-
-    def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_default", self._unstructure)
 
     def encode(self, value: Any) -> bytes:
         """Return ``value`` as JSON; attrs, dataclasses and pydantic models are unstructured."""
@@ -137,7 +133,7 @@ class JSONCodec:
                 else None
             )
         try:
-            return orjson.dumps(value if hook is None else hook(value), default=self._default)
+            return orjson.dumps(value if hook is None else hook(value), default=self._unstructure)
         except TypeError as exc:
             raise EncodeError(
                 f"cannot encode a {type(value).__name__} as JSON ({exc}): publish an attrs "
@@ -159,9 +155,11 @@ class JSONCodec:
         qualify (immutable ones that come back equal).
         """
         try:
-            return self._reusable[type_]
+            return self.reusable_tests[type_]
         except KeyError:
-            made = self._reusable[type_] = roundtrip.reusable(self.converter, _reference(), type_)
+            made = self.reusable_tests[type_] = roundtrip.reusable(
+                self.converter, _reference(), type_
+            )
             return made
         except TypeError:  # an unhashable type annotation
             return None

@@ -63,28 +63,16 @@ def _never(envelope: Envelope | Message[Any]) -> bool:
 class _Target:
     """A broadcast subscription, or all members of one group on one pattern."""
 
-    __slots__ = ("_turn", "members", "only", "pattern")
+    __slots__ = ("_turn", "members", "pattern")
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
         self.members: list[_Member] = []
-        #: The member when there is exactly one (a broadcast subscription), else None.
-        self.only: _Member | None = None
         self._turn = itertools.count()
 
-    def join(self, member: _Member) -> None:
-        self.members.append(member)
-        self.only = member if len(self.members) == 1 else None
-
-    def leave(self, member: _Member) -> None:
-        if member in self.members:
-            self.members.remove(member)
-        self.only = self.members[0] if len(self.members) == 1 else None
-
     def pick(self) -> _Member:
-        """The next member in turn."""
         members = self.members
-        return members[next(self._turn) % len(members)]
+        return members[0] if len(members) == 1 else members[next(self._turn) % len(members)]
 
 
 class _MemorySubscription:
@@ -111,7 +99,6 @@ class MemoryDriver:
 
     def __init__(self, settings: MemorySettings | None = None) -> None:
         self._index: TopicIndex[_Target] = TopicIndex()
-        self._routes = self._index.cache  # topic -> targets, filled by match()
         self._groups: dict[tuple[str, str], _Target] = {}
         self._closed: bool = False
         self._delivered = 0
@@ -140,11 +127,9 @@ class MemoryDriver:
         """
         if self._closed:
             raise ClosedError("memory driver is closed")
-        targets = self._routes.get(topic)
-        if targets is None:
-            targets = self._index.match(topic)
+        targets = self._index.cache.get(topic) or self._index.match(topic)
         for target in targets:
-            member = target.only or target.pick()
+            member = target.pick()
             if not member.offer(envelope):
                 self._delivered = 0
                 return self._deliver_rest(targets, target, member, envelope)
@@ -189,11 +174,12 @@ class MemoryDriver:
         else:
             target = found
         member = _Member(handler)
-        target.join(member)
+        target.members.append(member)
         return _MemorySubscription(self, target, member, key)
 
     def _remove(self, target: _Target, handler: _Member, key: Any) -> None:
-        target.leave(handler)
+        if handler in target.members:
+            target.members.remove(handler)
         if not target.members:
             self._index.remove(target.pattern, target)
             if key is not None:
@@ -203,7 +189,6 @@ class MemoryDriver:
         """Drop every subscription; publishing afterwards raises :class:`ClosedError`."""
         self._closed = True
         self._index = TopicIndex()
-        self._routes = self._index.cache
         self._groups.clear()
 
 

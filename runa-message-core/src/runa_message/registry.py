@@ -36,7 +36,6 @@ from .hooks import ErrorHook, Hooks, PublishHook
 from .ids import new_id, now
 from .memory import MemoryDriver
 from .message import BrokerInfo, Envelope, Message, PublishEvent, SubscriptionInfo
-from .roundtrip import Reusable
 from .subscription import Middleware, SubscriptionRuntime
 from .topic import is_pattern, validate_pattern, validate_topic
 
@@ -49,9 +48,6 @@ ALL = "*"
 
 PublishNext = Callable[[str, Envelope], Awaitable[None]]
 _UNKNOWN: Any = object()  # a payload type the JSON codec was not asked about yet
-# Per payload type, the JSON codec's test of values that may travel in process as Messages
-# (JSON.reusable remembers them too; a plain dict spares the publish path a method call).
-_REUSABLE: dict[type, Reusable | None] = {}
 #: Publish middleware: ``async def mw(topic, envelope, call_next) -> None``.
 PublishMiddleware = Callable[[str, Envelope, PublishNext], Awaitable[None]]
 Handler = Callable[[Any], Awaitable[None] | None]
@@ -637,9 +633,9 @@ class Registry:
         head = {**headers, "content-type": use.name} if headers else {"content-type": use.name}
         local = runtime.local
         if local is not None and use is JSON:
-            fits = _REUSABLE.get(type(payload), _UNKNOWN)
+            fits = JSON.reusable_tests.get(type(payload), _UNKNOWN)
             if fits is _UNKNOWN:
-                fits = _REUSABLE[type(payload)] = JSON.reusable(type(payload))
+                fits = JSON.reusable(type(payload))
             if fits is not None and fits(payload):
                 # In process, a value that decodes back into itself travels as its Message.
                 message = Message(new_id(), topic, payload, head, now())
@@ -746,7 +742,7 @@ class Broker:
         self, topic: str, data: bytes, headers: Mapping[str, Any] | None = None
     ) -> Coroutine[Any, Any, str]:
         """Publish bytes on this broker (await it); see :meth:`Registry.publish_raw`."""
-        return self.registry.publish(self.name, topic, data, headers, RAW)
+        return self.registry.publish_raw(self.name, topic, data, headers)
 
     def subscribe(self, topic: str, handler: Any = None, **options: Any) -> Any:
         """Subscribe on this broker; see :meth:`Registry.subscribe`."""
