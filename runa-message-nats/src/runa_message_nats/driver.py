@@ -354,6 +354,10 @@ class NatsDriver:
             await nc.close()
         except Exception as exc:  # closing must not fail the caller's shutdown
             log.warning("closing the NATS connection failed: %s", self._describe(exc))
+        # close() cancels a reconnect loop in progress, but may lose the cancellation (_end).
+        reconnecting = getattr(nc, "_reconnection_task", None)
+        if reconnecting is not None:
+            await _end(reconnecting)
 
     async def _release_client(self, nc: Client) -> None:
         if self._chained_error_cb is not None and getattr(nc, "_error_cb", None) is (
@@ -807,11 +811,15 @@ async def _flush(nc: Client, timeout: float) -> None:
 
 
 async def _abandon(nc: Client, connecting: asyncio.Future[None]) -> None:
+    await _end(connecting)
+    with contextlib.suppress(Exception):
+        await nc.close()
+
+
+async def _end(task: asyncio.Future[Any]) -> None:
     # Before Python 3.12 asyncio.wait_for (inside nats-py's connect) can swallow a
     # cancellation that lands as its inner connect attempt fails; nats-py would then go on
     # retrying for ever. Cancel again until the task has really ended.
-    while not connecting.done():
-        connecting.cancel()
-        await asyncio.wait({connecting}, timeout=0.1)
-    with contextlib.suppress(Exception):
-        await nc.close()
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
